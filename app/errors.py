@@ -1,0 +1,128 @@
+"""Domain exceptions and the one place that maps every error to an HTTP status and JSON body."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class LongdocError(Exception):
+    """Base of every error a client may see; subclasses fix the status and the wire type."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.reason = reason or self.error_type
+
+
+class BadRequest(LongdocError):
+    status_code, error_type = 400, "bad_request"
+
+
+class Unauthorized(LongdocError):
+    status_code, error_type = 401, "unauthorized"
+
+
+class PayloadTooLarge(LongdocError):
+    status_code, error_type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(LongdocError):
+    status_code, error_type = 415, "unsupported_media_type"
+
+
+class InvalidInput(LongdocError):
+    status_code, error_type = 422, "invalid_input"
+
+
+class Overloaded(LongdocError):
+    status_code, error_type = 429, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int, reason: str = "queue_full") -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))}, reason=reason)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class NotReady(LongdocError):
+    status_code, error_type = 503, "not_ready"
+
+
+class Draining(LongdocError):
+    status_code, error_type = 503, "draining"
+
+
+class DeadlineExceeded(LongdocError):
+    status_code, error_type = 504, "deadline_exceeded"
+
+
+class InferenceFailed(LongdocError):
+    status_code, error_type = 500, "inference_failed"
+
+
+REJECTION_STATUSES = frozenset({401, 413, 429, 503, 504})
+
+HTTP_ERROR_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    400: "bad_request",
+    401: "unauthorized",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message}}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """Malformed JSON (and undecodable bytes) is a 400; a well-formed body of the wrong shape is a 422."""
+    errors = exc.errors()
+    for error in errors:
+        if error.get("type") in {"json_invalid", "json_type"} or "JSON decode" in str(error.get("msg", "")):
+            return 400, "bad_request", f"request body is not valid JSON: {error.get('msg', 'parse error')}"
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return 422, "invalid_input", "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers; the only code that turns exceptions into HTTP responses."""
+
+    @app.exception_handler(LongdocError)
+    async def _domain(request: Request, exc: LongdocError) -> JSONResponse:
+        if exc.status_code in REJECTION_STATUSES:
+            request.app.state.metrics.rejected.labels(reason=exc.reason).inc()
+        return JSONResponse(error_body(exc.error_type, exc.message), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, error_type, message = _validation_message(exc)
+        return JSONResponse(error_body(error_type, message), status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        if exc.status_code == 413:
+            request.app.state.metrics.rejected.labels(reason="body_too_large").inc()
+        return JSONResponse(
+            error_body(error_type, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), 500)

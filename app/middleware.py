@@ -1,0 +1,137 @@
+"""Pure ASGI middleware: request id, body-size limit, request metrics, in-flight count, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) so the handler's `receive` still reports a client disconnect and the
+body limit can count streamed bytes as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_body
+from app.metrics import Metrics
+
+access_log = logging.getLogger("longdoc.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when a streamed body passes max_body_bytes (FastAPI re-raises HTTPException)."""
+
+    def __init__(self, limit: int, received: int) -> None:
+        super().__init__(413, f"request body passed max_body_bytes {limit} (received {received} bytes so far)")
+
+
+class InFlight:
+    """Requests currently being handled; the drain waits for `idle`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, in_flight: InFlight) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.in_flight = in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:200] or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["received_at"] = started
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes, received)
+            return message
+
+        self.in_flight.enter()
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                self.metrics.rejected.labels(reason="body_too_large").inc()
+                await _send_json(
+                    send_with_id,
+                    413,
+                    error_body(
+                        "payload_too_large",
+                        f"request body of {int(declared)} bytes exceeds max_body_bytes {self.max_body_bytes}",
+                    ),
+                )
+            else:
+                await self.app(scope, limited_receive, send_with_id)
+        finally:
+            self.in_flight.leave()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
+            stats = state.get("stats")
+            access_log.info(
+                "request",
+                extra={
+                    "access": {
+                        "request_id": request_id,
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status["code"],
+                        "latency_ms": round(elapsed * 1000, 2),
+                        "chunks": getattr(stats, "chunks", None),
+                        "tokens": getattr(stats, "tokens", None),
+                    }
+                },
+            )
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

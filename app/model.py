@@ -1,0 +1,187 @@
+"""Load a local Hugging Face sequence-classification checkpoint and run its forward pass on chunks.
+
+Local directories only (`local_files_only=True`): a service must never reach for a model hub at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_METADATA_FILE = "longdoc.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def pad_chunks(chunks: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (input_ids, attention_mask) tensors of the longest length."""
+    width = max(len(c) for c in chunks)
+    input_ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for row, ids in enumerate(chunks):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def read_model_metadata(model_dir: Path) -> dict[str, Any]:
+    """The serving defaults stored beside the weights (`longdoc.json`), or {} when there are none."""
+    path = model_dir / MODEL_METADATA_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def weights_revision(model_dir: Path) -> str:
+    """A short content hash of the weights, so two models with one name can be told apart."""
+    digest = hashlib.sha256()
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def resolve_device(requested: Literal["auto", "cpu", "cuda"]) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return names[requested]
+
+
+class Engine(Protocol):
+    """What the service needs from a model; tests inject deterministic fakes with the same shape."""
+
+    tokenizer: Any
+    labels: list[str]
+    multi_label: bool
+    max_positions: int
+    name: str
+    revision: str
+    quantization: str
+    metadata: dict[str, Any]
+
+    @property
+    def dtype_name(self) -> str: ...
+
+    @property
+    def device_name(self) -> str: ...
+
+    def forward(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor: ...
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference plus what the API reports about it."""
+
+    model: Any
+    tokenizer: Any
+    labels: list[str]
+    multi_label: bool
+    max_positions: int
+    pad_id: int
+    device: torch.device
+    dtype: torch.dtype
+    quantization: str
+    name: str
+    revision: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def device_name(self) -> str:
+        return self.device.type
+
+    def forward(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Logits (chunks, labels) as float32 on the CPU; runs under inference_mode."""
+        input_ids, attention_mask = pad_chunks(chunks, self.pad_id)
+        non_blocking = self.device.type == "cuda"
+        if non_blocking:
+            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids.to(self.device, non_blocking=non_blocking),
+                attention_mask=attention_mask.to(self.device, non_blocking=non_blocking),
+            ).logits
+        result: torch.Tensor = logits.float().cpu()
+        return result
+
+
+def load_model(
+    model_dir: Path,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    dtype: str = "auto",
+    quantize: Literal["none", "int8"] = "none",
+) -> LoadedModel:
+    """Load tokenizer and classifier from a local directory, on the requested device/dtype/quantization."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"model_dir {model_dir} holds no config.json: not a Hugging Face checkpoint")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if quantize == "int8" and torch_device.type != "cpu":
+        raise ValueError("quantize=int8 (dynamic quantization) runs on the CPU only; use device=cpu")
+    if quantize == "int8" and torch_dtype != torch.float32:
+        raise ValueError("quantize=int8 needs dtype float32 (the quantized Linear layers compute in fp32)")
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, use_fast=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
+    )
+    model.eval()
+    if quantize == "int8":
+        quantize_dynamic: Any = torch.ao.quantization.quantize_dynamic
+        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model.to(torch_device)
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels,
+        multi_label=config.problem_type == "multi_label_classification",
+        max_positions=_position_limit(config),
+        pad_id=int(pad_id),
+        device=torch_device,
+        dtype=torch_dtype,
+        quantization=quantize,
+        name=model_dir.resolve().name,
+        revision=weights_revision(model_dir),
+        metadata=read_model_metadata(model_dir),
+    )
+
+
+def _position_limit(config: Any) -> int:
+    """Longest window the model's position embeddings allow (RoBERTa reserves padding_idx + 1 slots)."""
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+        limit -= int(getattr(config, "pad_token_id", 1)) + 1
+    return limit

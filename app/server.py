@@ -1,0 +1,81 @@
+"""`longdoc serve`: uvicorn with a drain on SIGTERM.
+
+Stock uvicorn stops listening at the first SIGTERM, so a load balancer sees refused connections while
+accepted requests are still running. Here the first SIGTERM (or SIGINT) only marks the service draining:
+/health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
+the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from app.logs import configure_logging
+from app.main import create_app
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_timeout_s = drain_timeout_s
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is not None or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
+            self.force_exit = self.should_exit
+            self.should_exit = True
+            return
+        service = self._app.state.service
+        if service is not None:
+            service.draining = True
+        log.info("signal %s: draining (up to %.0f s)", signal.Signals(sig).name, self._drain_timeout_s)
+        self._drain_task = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        in_flight = self._app.state.in_flight
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_flight.idle.wait(), self._drain_timeout_s)
+        log.info("drain finished with %d request(s) in flight; stopping", in_flight.count)
+        self.should_exit = True
+
+
+def serve(host: str | None = None, port: int | None = None, model_dir: Path | None = None) -> int:
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if model_dir is not None:
+        overrides["model_dir"] = model_dir
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configure_logging(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+    )
+    DrainingServer(config, app, settings.drain_timeout_s).run()
+    return 0

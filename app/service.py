@@ -1,0 +1,189 @@
+"""One classification request end to end: limits, tokenization off the loop, batching, aggregation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from app.aggregate import Aggregation, activate, aggregate, contributions
+from app.batcher import Batcher
+from app.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge
+from app.metrics import Metrics
+from app.model import Engine
+from app.schemas import (
+    ChunkResult,
+    ClassifyBatchResult,
+    ClassifyRequest,
+    ClassifyResult,
+    DecisiveChunk,
+    LabelScore,
+)
+from app.segmenter import Segmented, Segmenter
+from app.settings import ServingConfig, Settings
+
+EXCERPT_CHARS = 280
+
+
+@dataclass
+class RequestStats:
+    """What the access log reports about a classification (never the text itself)."""
+
+    chunks: int = 0
+    tokens: int = 0
+
+
+class ClassifierService:
+    """Holds the engine, segmenter and batcher of one app; the API's only collaborator."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        segmenter: Segmenter,
+        batcher: Batcher,
+        serving: ServingConfig,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.engine = engine
+        self.segmenter = segmenter
+        self.batcher = batcher
+        self.serving = serving
+        self.settings = settings
+        self.metrics = metrics
+        self.warmed_up = False
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed_up and self.batcher.running and not self.draining
+
+    async def warm_up(self) -> None:
+        """One real forward pass through the batcher before the service reports healthy."""
+        segmented = self.segmenter.segment("warm up")
+        ticket = self.batcher.submit([c.input_ids for c in segmented.chunks])
+        await ticket.results()
+        self.warmed_up = True
+
+    async def classify(
+        self, request: ClassifyRequest, received_at: float, stats: RequestStats
+    ) -> ClassifyResult | ClassifyBatchResult:
+        texts = [request.text] if request.text is not None else list(request.texts or [])
+        self._check_limits(texts)
+        if self.batcher.pending >= self.batcher.max_queue_chunks:  # before any work
+            raise Overloaded(
+                f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
+                self.batcher.retry_after_s(),
+            )
+        deadline = received_at + self.settings.request_timeout_s
+        segmented = await self._segment(texts, request.max_chunks)
+        for index, seg in enumerate(segmented):
+            if not seg.chunks:
+                where = "text" if request.text is not None else f"texts[{index}]"
+                raise InvalidInput(f"{where} has no tokens for this model's tokenizer")
+        flat = [chunk.input_ids for seg in segmented for chunk in seg.chunks]
+        stats.chunks, stats.tokens = len(flat), sum(s.num_tokens for s in segmented)
+        ticket = self.batcher.submit(flat)
+        try:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError
+            rows = await asyncio.wait_for(ticket.results(), remaining)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"request_timeout_s {self.settings.request_timeout_s:g} passed before all {len(flat)} "
+                "chunks were classified"
+            ) from exc
+        finally:
+            self.batcher.withdraw(ticket)  # no-op when all done; frees queued chunks on any early exit
+        aggregation = request.aggregation or self.serving.aggregation
+        results = []
+        offset = 0
+        for text, seg in zip(texts, segmented, strict=True):
+            logits = torch.stack(rows[offset : offset + len(seg.chunks)])
+            offset += len(seg.chunks)
+            self.metrics.document_chunks.observe(len(seg.chunks))
+            self.metrics.document_tokens.observe(seg.num_tokens)
+            results.append(self._document_result(text, seg, logits, aggregation, request))
+        if request.text is not None:
+            return results[0]
+        return ClassifyBatchResult(results=results, model=self.engine.name)
+
+    def _check_limits(self, texts: Sequence[str]) -> None:
+        limit = self.settings.max_texts_per_request
+        if len(texts) > limit:
+            raise PayloadTooLarge(f"{len(texts)} texts exceed max_texts_per_request {limit}")
+        for index, text in enumerate(texts):
+            where = "text" if len(texts) == 1 else f"texts[{index}]"
+            if len(text) > self.settings.max_document_chars:
+                raise PayloadTooLarge(
+                    f"{where} has {len(text)} characters, over max_document_chars {self.settings.max_document_chars}"
+                )
+            if not text.strip():
+                raise InvalidInput(f"{where} is empty or whitespace only")
+
+    async def _segment(self, texts: list[str], max_chunks: int | None) -> list[Segmented]:
+        """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop."""
+        if len(texts) == 1:
+            return [await asyncio.to_thread(self.segmenter.segment, texts[0], max_chunks)]
+        return await asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
+
+    def _document_result(
+        self,
+        text: str,
+        seg: Segmented,
+        chunk_logits: torch.Tensor,
+        aggregation: Aggregation,
+        request: ClassifyRequest,
+    ) -> ClassifyResult:
+        multi = self.engine.multi_label
+        labels = self.engine.labels
+        counts = torch.tensor([c.num_tokens for c in seg.chunks])
+        probs = activate(aggregate(chunk_logits, counts, aggregation, multi), multi)
+        order = torch.argsort(probs, descending=True).tolist()
+        top = order[0]
+        result = ClassifyResult(
+            label=labels[top],
+            score=float(probs[top]),
+            scores=[LabelScore(label=labels[i], score=float(probs[i])) for i in order],
+            labels=[labels[i] for i in order if probs[i] >= self.serving.threshold] if multi else None,
+            num_chunks=len(seg.chunks),
+            num_tokens=seg.num_tokens,
+            truncated=seg.truncated,
+            aggregation=aggregation,
+            model=self.engine.name,
+        )
+        if request.return_chunks:
+            chunk_probs = activate(chunk_logits, multi)
+            shares = contributions(chunk_logits, counts, aggregation, top)
+            result.chunks = []
+            for i, chunk in enumerate(seg.chunks):
+                row = chunk_probs[i]
+                ranked = torch.argsort(row, descending=True).tolist()
+                result.chunks.append(
+                    ChunkResult(
+                        start=chunk.start,
+                        end=chunk.end,
+                        num_tokens=chunk.num_tokens,
+                        label=labels[ranked[0]],
+                        score=float(row[ranked[0]]),
+                        scores=[LabelScore(label=labels[j], score=float(row[j])) for j in ranked],
+                        contribution=float(shares[i]),
+                    )
+                )
+            decisive = sorted(range(len(seg.chunks)), key=lambda i: (-float(shares[i]) * float(chunk_probs[i, top]), i))
+            result.top_chunks = [
+                DecisiveChunk(
+                    index=i,
+                    start=seg.chunks[i].start,
+                    end=seg.chunks[i].end,
+                    contribution=float(shares[i]),
+                    score=float(chunk_probs[i, top]),
+                    excerpt=text[seg.chunks[i].start : seg.chunks[i].end][:EXCERPT_CHARS],
+                )
+                for i in decisive[: request.top_k_chunks]
+            ]
+        return result

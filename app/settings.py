@@ -1,0 +1,126 @@
+"""Every setting of the service in one class (env prefix LONGDOC_), validated at start-up.
+
+Model-dependent values (max_length, stride, aggregation, threshold) may be left unset here: they then
+come from the model's `longdoc.json`, then from built-in defaults (precedence: request > environment >
+longdoc.json > built-in). `resolve_serving` applies that order once the tokenizer is known.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.aggregate import Aggregation
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model_store" / "hyperpartisan-minilm"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2/v1 CPU quota if one is set."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota: float | None = None
+    try:
+        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if parts and parts[0] != "max":
+            quota = int(parts[0]) / int(parts[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            quota = q / p if q > 0 and p > 0 else None
+        except (OSError, ValueError):
+            quota = None
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+class Settings(BaseSettings):
+    """Service configuration; each field is an environment variable LONGDOC_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGDOC_", extra="ignore", validate_default=True)
+
+    model_dir: Path = Field(BUNDLED_MODEL, description="Local Hugging Face checkpoint directory to serve.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
+    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization (CPU only).")
+    num_threads: int = Field(
+        default_factory=available_cpus, ge=1, description="Torch/tokenizer threads; default: CPUs allowed."
+    )
+    max_length: int | None = Field(None, ge=2, description="Window in tokens incl. special tokens.")
+    stride: int | None = Field(None, ge=0, description="Tokens shared by consecutive windows.")
+    aggregation: Aggregation | None = Field(None, description="Default chunk aggregation strategy.")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Multi-label decision threshold.")
+    max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one forward pass (padded).")
+    max_batch_size: int = Field(64, ge=1, description="Most chunks in one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for more chunks before a batch runs.")
+    max_queue_chunks: int = Field(16384, ge=1, description="Chunks queued or running before 429.")
+    max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body in bytes.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Deadline from arrival; then 504.")
+    drain_timeout_s: float = Field(630.0, gt=0, description="Longest drain after SIGTERM.")
+    api_key: SecretStr | None = Field(None, description="When set, /classify requires this key.")
+    auth_metrics: bool = Field(False, description="Also require the API key for /metrics and /info.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (none).")
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
+    host: str = Field("0.0.0.0", description="Bind address for `longdoc serve`.")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port for `longdoc serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_json: bool = Field(True, description="JSON log lines (access log included).")
+    log_text: bool = Field(False, description="Log document text excerpts (off: privacy).")
+    warmup: bool = Field(True, description="Run one forward pass before reporting healthy.")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_exists(cls, value: Path) -> Path:
+        if not (value / "config.json").is_file():
+            raise ValueError(f"model_dir {str(value)!r} is not a checkpoint directory (no config.json)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.drain_timeout_s < self.request_timeout_s:
+            raise ValueError(
+                f"drain_timeout_s ({self.drain_timeout_s}) must be >= request_timeout_s "
+                f"({self.request_timeout_s}) so accepted requests can finish during a drain"
+            )
+        if self.max_length is not None and self.stride is not None and self.stride >= self.max_length:
+            raise ValueError(f"stride ({self.stride}) must be smaller than max_length ({self.max_length})")
+        return self
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Effective model-dependent values after applying the precedence order."""
+
+    max_length: int
+    stride: int
+    aggregation: Aggregation
+    threshold: float
+
+
+def resolve_serving(settings: Settings, metadata: dict[str, Any], max_positions: int) -> ServingConfig:
+    """Environment > longdoc.json > built-in; the window must fit the model's position embeddings."""
+    max_length = settings.max_length or int(metadata.get("max_length", min(512, max_positions)))
+    if max_length > max_positions:
+        raise ValueError(f"max_length {max_length} exceeds the model's position limit {max_positions}")
+    stride = settings.stride if settings.stride is not None else int(metadata.get("stride", 0))
+    aggregation = settings.aggregation or Aggregation(metadata.get("aggregation", Aggregation.MEAN_LOGITS))
+    threshold = settings.threshold if settings.threshold is not None else float(metadata.get("threshold", 0.5))
+    return ServingConfig(max_length=max_length, stride=stride, aggregation=aggregation, threshold=threshold)

@@ -1,0 +1,194 @@
+"""Evaluation from stored chunk logits: every aggregation side by side, plus the first-window baseline.
+
+Predictions are kept per chunk, so any aggregation (and the truncation baseline, which is the first
+window's logits alone) is recomputed without running the model again; this is how the model card's
+cross-validation numbers are reproduced from the shipped out-of-fold predictions file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.aggregate import Aggregation, aggregate
+from app.segmenter import Segmenter
+from app.training.data import Example
+from app.training.train import EncodedDoc, encode_docs, predict_chunk_logits
+
+FIRST_WINDOW = "first_window"
+STRATEGIES: list[str] = [str(a) for a in Aggregation] + [FIRST_WINDOW]
+LENGTH_GROUPS = ("all", "single_window", "multi_window")
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows = true label)."""
+    k = len(labels)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        matrix[t, p] += 1
+    per_class = {}
+    f1s = []
+    for i, label in enumerate(labels):
+        tp = int(matrix[i, i])
+        predicted, actual = int(matrix[:, i].sum()), int(matrix[i, :].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    n = int(matrix.sum())
+    return {
+        "n": n,
+        "accuracy": float(np.trace(matrix) / n) if n else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "per_class": per_class,
+        "labels": list(labels),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def prediction_records(
+    docs: Sequence[EncodedDoc], logits: Sequence[torch.Tensor], labels: Sequence[str], **tags: Any
+) -> list[dict[str, Any]]:
+    """JSON-ready per-document records of chunk logits; `tags` (fold, stride, ...) go into each."""
+    return [
+        {
+            **tags,
+            "label": labels[doc.label],
+            "labels": list(labels),
+            "num_tokens": doc.num_tokens,
+            "token_counts": doc.token_counts,
+            "chunk_logits": [[round(float(v), 6) for v in row] for row in chunk],
+        }
+        for doc, chunk in zip(docs, logits, strict=True)
+    ]
+
+
+def predict_strategy(record: dict[str, Any], strategy: str) -> int:
+    logits = torch.tensor(record["chunk_logits"], dtype=torch.float32)
+    if strategy == FIRST_WINDOW:
+        return int(logits[0].argmax())
+    counts = torch.tensor(record["token_counts"])
+    return int(aggregate(logits, counts, Aggregation(strategy)).argmax())
+
+
+def evaluate_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics per stride x strategy x length group, and per-fold spread where records carry a fold."""
+    by_stride: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_stride[int(record.get("stride", -1))].append(record)
+    if not by_stride:
+        raise ValueError("no prediction records to evaluate")
+    report: dict[str, Any] = {"strides": {}}
+    for stride, group in sorted(by_stride.items()):
+        labels = group[0]["labels"]
+        label_index = {label: i for i, label in enumerate(labels)}
+        y_true = [label_index[r["label"]] for r in group]
+        multi = [len(r["chunk_logits"]) > 1 for r in group]
+        strategies: dict[str, Any] = {}
+        for strategy in STRATEGIES:
+            y_pred = [predict_strategy(r, strategy) for r in group]
+            block: dict[str, Any] = {}
+            for name in LENGTH_GROUPS:
+                keep = [i for i in range(len(group)) if name == "all" or (name == "multi_window") == multi[i]]
+                block[name] = classification_metrics([y_true[i] for i in keep], [y_pred[i] for i in keep], labels)
+            folds = sorted({r["fold"] for r in group if "fold" in r})
+            if len(folds) > 1:
+                accuracies = []
+                f1s = []
+                for fold in folds:
+                    keep = [i for i, r in enumerate(group) if r.get("fold") == fold]
+                    m = classification_metrics([y_true[i] for i in keep], [y_pred[i] for i in keep], labels)
+                    accuracies.append(m["accuracy"])
+                    f1s.append(m["macro_f1"])
+                block["folds"] = {
+                    "accuracy": accuracies,
+                    "accuracy_mean": float(np.mean(accuracies)),
+                    "accuracy_std": float(np.std(accuracies)),
+                    "macro_f1": f1s,
+                    "macro_f1_mean": float(np.mean(f1s)),
+                    "macro_f1_std": float(np.std(f1s)),
+                }
+            strategies[strategy] = block
+        report["strides"][str(stride)] = {
+            "strategies": strategies,
+            "n": len(group),
+            "multi_window_docs": int(sum(multi)),
+        }
+    return report
+
+
+def best_setting(report: dict[str, Any]) -> tuple[int, str]:
+    """The (stride, aggregation) with the best overall accuracy, macro-F1 breaking ties; never the baseline."""
+    candidates = [
+        (block["all"]["accuracy"], block["all"]["macro_f1"], -int(stride), int(stride), strategy)
+        for stride, entry in report["strides"].items()
+        for strategy, block in entry["strategies"].items()
+        if strategy != FIRST_WINDOW
+    ]
+    best = max(candidates)
+    return best[3], best[4]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable table: accuracy / macro-F1 for every strategy and length group, per stride."""
+    lines = []
+    for stride, entry in report["strides"].items():
+        lines.append(f"stride {stride}: {entry['n']} documents, {entry['multi_window_docs']} longer than one window")
+        lines.append(
+            f"  {'strategy':<22}{'acc':>7}{'macro-F1':>10}{'acc 1-win':>11}{'acc multi':>11}{'fold acc (mean±sd)':>22}"
+        )
+        for strategy, block in entry["strategies"].items():
+            folds = block.get("folds")
+            spread = f"{folds['accuracy_mean']:.3f} ± {folds['accuracy_std']:.3f}" if folds else "-"
+            lines.append(
+                f"  {strategy:<22}{block['all']['accuracy']:>7.3f}{block['all']['macro_f1']:>10.3f}"
+                f"{block['single_window']['accuracy']:>11.3f}{block['multi_window']['accuracy']:>11.3f}"
+                f"{spread:>22}"
+            )
+        best = entry["strategies"]
+        any_block = next(iter(best.values()))["all"]
+        lines.append(f"  confusion matrix rows=true cols=pred, labels {any_block['labels']}")
+        for strategy, block in best.items():
+            lines.append(f"    {strategy:<20} {block['all']['confusion_matrix']}")
+    return "\n".join(lines)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def predict_examples(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    labels: Sequence[str],
+    max_length: int,
+    strides: Sequence[int],
+    **tags: Any,
+) -> list[dict[str, Any]]:
+    """Run a model over labelled examples at each stride and return prediction records."""
+    label2id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({e.label for e in examples} - set(label2id))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {list(labels)}")
+    records: list[dict[str, Any]] = []
+    pad_id = int(tokenizer.pad_token_id or 0)
+    for stride in strides:
+        docs = encode_docs(Segmenter(tokenizer, max_length, stride), examples, label2id)
+        logits = predict_chunk_logits(model, docs, pad_id)
+        records.extend(prediction_records(docs, logits, labels, stride=stride, max_length=max_length, **tags))
+    return records

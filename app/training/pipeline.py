@@ -1,0 +1,209 @@
+"""`longdoc train`: optional k-fold cross-validation, a seed spread, then the final model with its card.
+
+Cross-validation trains k fold models with exactly the final recipe and scores each only on its own
+held-out fold; the out-of-fold chunk logits are written next to the model, so the card's numbers can be
+recomputed (`longdoc eval --predictions`) and the serving aggregation and stride are chosen on them,
+never on a test set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.segmenter import Segmenter
+from app.training.card import write_model_card
+from app.training.data import Example, load_examples
+from app.training.evaluate import (
+    best_setting,
+    evaluate_records,
+    format_report,
+    predict_examples,
+    write_records,
+)
+from app.training.train import TrainConfig, encode_docs, load_base_model, train_model
+
+log = logging.getLogger(__name__)
+
+CV_PREDICTIONS_FILE = "cv_predictions.jsonl"
+CV_REPORT_FILE = "cv_report.json"
+
+
+@dataclass
+class PipelineOptions:
+    data: Path
+    base_model: Path
+    output: Path
+    config: TrainConfig
+    k_fold: int = 0
+    eval_strides: Sequence[int] = ()
+    seed_spread: int = 1
+    progress: bool = True
+    data_name: str = ""
+
+
+def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
+    """Fold index per example: each label's examples shuffled with `seed` and dealt round-robin."""
+    rng = random.Random(seed)
+    folds = [0] * len(labels)
+    offset = 0
+    for label in sorted(set(labels)):
+        members = [i for i, value in enumerate(labels) if value == label]
+        rng.shuffle(members)
+        for position, index in enumerate(members):
+            folds[index] = (position + offset) % k
+        offset += len(members)
+    return folds
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
+    """Cross-validate (if asked), train the final model on everything, save checkpoint + card."""
+    config = options.config
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    examples = load_examples(options.data)  # fails on a bad line before any training
+    labels = sorted({e.label for e in examples})
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer, _ = load_base_model(options.base_model, labels)
+    segmenter = Segmenter(tokenizer, config.max_length, config.stride)
+    strides = sorted(set(options.eval_strides) | {config.stride})
+    options.output.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "config": config.as_dict(),
+        "labels": labels,
+        "examples": len(examples),
+        "command": shlex.join(["longdoc", *sys.argv[1:]]),
+    }
+
+    if options.k_fold > 1:
+        folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
+        records: list[dict[str, Any]] = []
+        cv_started = time.perf_counter()
+        for fold in range(options.k_fold):
+            train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
+            held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
+            result = train_model(
+                options.base_model,
+                labels,
+                encode_docs(segmenter, train_examples, label2id),
+                config,
+                progress=options.progress,
+                description=f"fold {fold + 1}/{options.k_fold}",
+            )
+            fold_records = predict_examples(
+                result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
+            )
+            records.extend(fold_records)
+            fold_report = evaluate_records([r for r in fold_records if r["stride"] == config.stride])
+            blocks = fold_report["strides"][str(config.stride)]["strategies"]
+            log.info(
+                "fold %d: %s (%.0f s)",
+                fold + 1,
+                {s: round(b["all"]["accuracy"], 4) for s, b in blocks.items()},
+                result.seconds,
+            )
+        write_records(options.output / CV_PREDICTIONS_FILE, records)
+        report = evaluate_records(records)
+        stride, aggregation = best_setting(report)
+        report["chosen"] = {"stride": stride, "aggregation": aggregation}
+        report["cv_seconds"] = time.perf_counter() - cv_started
+        if options.seed_spread > 1:
+            report["seed_spread"] = _seed_spread(
+                options, examples, folds, labels, label2id, segmenter, tokenizer, [r for r in records if r["fold"] == 0]
+            )
+        (options.output / CV_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        log.info("cross-validation:\n%s", format_report(report))
+        summary["cv"] = report
+    else:
+        stride, aggregation = config.stride, str(config.aggregation)
+
+    result = train_model(
+        options.base_model,
+        labels,
+        encode_docs(segmenter, examples, label2id),
+        config,
+        progress=options.progress,
+        description="final",
+    )
+    summary["final_seconds"] = result.seconds
+    summary["peak_rss_mb"] = _peak_rss_mb()
+    summary["serving"] = {
+        "max_length": config.max_length,
+        "stride": stride,
+        "aggregation": aggregation,
+        "threshold": 0.5,
+    }
+    _save(result.model, tokenizer, options.output, summary["serving"])
+    write_model_card(options.output, summary, options.data_name or str(options.data))
+    (options.output / "training_summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k != "cv"}, indent=2) + "\n", encoding="utf-8"
+    )
+    return summary
+
+
+def _seed_spread(
+    options: PipelineOptions,
+    examples: Sequence[Example],
+    folds: Sequence[int],
+    labels: list[str],
+    label2id: dict[str, int],
+    segmenter: Segmenter,
+    tokenizer: Any,
+    fold_records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Fold 1 retrained with further seeds: how much the recipe's result depends on the seed."""
+    config = options.config
+    train_examples = [e for e, f in zip(examples, folds, strict=True) if f != 0]
+    held_out = [e for e, f in zip(examples, folds, strict=True) if f == 0]
+    first = evaluate_records([r for r in fold_records if r["stride"] == config.stride])
+    runs: dict[str, Any] = {
+        str(config.seed): {
+            s: b["all"]["accuracy"] for s, b in first["strides"][str(config.stride)]["strategies"].items()
+        }
+    }
+    for seed in range(config.seed + 1, config.seed + options.seed_spread):
+        seeded = TrainConfig(**{**config.as_dict(), "seed": seed, "aggregation": config.aggregation})
+        result = train_model(
+            options.base_model,
+            labels,
+            encode_docs(segmenter, train_examples, label2id),
+            seeded,
+            progress=options.progress,
+            description=f"seed {seed} fold 1",
+        )
+        records = predict_examples(
+            result.model, tokenizer, held_out, labels, config.max_length, [config.stride], fold=0, seed=seed
+        )
+        blocks = evaluate_records(records)["strides"][str(config.stride)]["strategies"]
+        runs[str(seed)] = {s: b["all"]["accuracy"] for s, b in blocks.items()}
+    spread = {}
+    for strategy in next(iter(runs.values())):
+        values = [run[strategy] for run in runs.values()]
+        spread[strategy] = {"min": min(values), "max": max(values), "range": max(values) - min(values)}
+    return {"fold": 1, "accuracy_by_seed": runs, "spread": spread}
+
+
+def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> None:
+    """fp16 safetensors (half the size; the service casts to its dtype), tokenizer without truncation."""
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    model.half().save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    (output / "longdoc.json").write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    model.float()

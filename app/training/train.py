@@ -1,0 +1,284 @@
+"""Chunk-aware fine-tuning: the service's own segmenter and aggregation, a document-level loss.
+
+Each step takes a few documents, samples at most `max_chunks_per_doc` of each one's windows (so memory
+stays bounded however long a document is), runs them as one padded batch, aggregates each document's
+chunk logits exactly as the service will, and puts the loss on the document logits. The optional
+chunk-level loss gives every window its document's label instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from app.aggregate import Aggregation, aggregate
+from app.model import pad_chunks
+from app.segmenter import Segmenter
+from app.training.data import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """The recipe; everything that changes the resulting weights lives here (and in the model card)."""
+
+    max_length: int = 256
+    stride: int = 32
+    aggregation: Aggregation = Aggregation.MEAN_LOGITS
+    loss: Literal["document", "chunk"] = "document"
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    docs_per_step: int = 8
+    grad_accumulation: int = 1
+    max_chunks_per_doc: int = 4
+    class_weighting: bool = False
+    freeze_layers: int = 0
+    early_stopping_patience: int = 1
+    seed: int = 0
+    num_threads: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["aggregation"] = str(self.aggregation)
+        return data
+
+
+@dataclass
+class EncodedDoc:
+    """A document as the model sees it: its windows, their content-token counts, its label index."""
+
+    chunks: list[list[int]]
+    token_counts: list[int]
+    label: int
+    num_tokens: int
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    best_epoch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same threads, same data -> same weights on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode_docs(segmenter: Segmenter, examples: Sequence[Example], label2id: dict[str, int]) -> list[EncodedDoc]:
+    segmented = segmenter.segment_many([e.text for e in examples])
+    docs = []
+    for example, seg in zip(examples, segmented, strict=True):
+        if not seg.chunks:
+            raise ValueError(f"a {example.label!r} example has no tokens: {example.text[:60]!r}")
+        docs.append(
+            EncodedDoc(
+                chunks=[c.input_ids for c in seg.chunks],
+                token_counts=[c.num_tokens for c in seg.chunks],
+                label=label2id[example.label],
+                num_tokens=seg.num_tokens,
+            )
+        )
+    return docs
+
+
+def load_base_model(base_dir: Path, labels: Sequence[str]) -> tuple[Any, Any]:
+    """Tokenizer and a fresh classification head on a local encoder checkpoint."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, use_fast=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_dir,
+        local_files_only=True,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        attn_implementation="sdpa",
+    )
+    return tokenizer, model
+
+
+def _freeze(model: Any, layers: int) -> None:
+    if layers <= 0:
+        return
+    base = model.base_model
+    for parameter in base.embeddings.parameters():
+        parameter.requires_grad = False
+    for layer in base.encoder.layer[:layers]:
+        for parameter in layer.parameters():
+            parameter.requires_grad = False
+
+
+def _class_weights(docs: Sequence[EncodedDoc], num_labels: int) -> torch.Tensor:
+    counts = np.bincount([d.label for d in docs], minlength=num_labels).astype(np.float64)
+    weights = counts.sum() / (num_labels * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def predict_chunk_logits(
+    model: Any, docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int = 16384
+) -> list[torch.Tensor]:
+    """Every window of every document through the model, in length-sorted token-budget batches."""
+    model.eval()
+    flat = [(d, c) for d, doc in enumerate(docs) for c in range(len(doc.chunks))]
+    flat.sort(key=lambda dc: len(docs[dc[0]].chunks[dc[1]]))
+    out: list[list[torch.Tensor | None]] = [[None] * len(doc.chunks) for doc in docs]
+    start = 0
+    while start < len(flat):
+        end = start
+        while end < len(flat):
+            width = len(docs[flat[end][0]].chunks[flat[end][1]])
+            if end > start and width * (end - start + 1) > max_batch_tokens:
+                break
+            end += 1
+        batch = flat[start:end]
+        input_ids, mask = pad_chunks([docs[d].chunks[c] for d, c in batch], pad_id)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+        for row, (d, c) in enumerate(batch):
+            out[d][c] = logits[row]
+        start = end
+    return [torch.stack([t for t in doc if t is not None]) for doc in out]
+
+
+def _step_loss(
+    model: Any,
+    batch: Sequence[EncodedDoc],
+    config: TrainConfig,
+    pad_id: int,
+    rng: random.Random,
+    loss_fn: torch.nn.Module,
+) -> torch.Tensor:
+    chunks: list[list[int]] = []
+    counts: list[int] = []
+    owners: list[int] = []
+    for index, doc in enumerate(batch):
+        picked = list(range(len(doc.chunks)))
+        if len(picked) > config.max_chunks_per_doc:
+            picked = sorted(rng.sample(picked, config.max_chunks_per_doc))
+        for c in picked:
+            chunks.append(doc.chunks[c])
+            counts.append(doc.token_counts[c])
+            owners.append(index)
+    input_ids, mask = pad_chunks(chunks, pad_id)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    if config.loss == "chunk":
+        targets = torch.tensor([batch[o].label for o in owners])
+        return loss_fn(logits, targets)  # type: ignore[no-any-return]
+    owner_t = torch.tensor(owners)
+    count_t = torch.tensor(counts)
+    doc_logits = torch.stack(
+        [aggregate(logits[owner_t == i], count_t[owner_t == i], config.aggregation) for i in range(len(batch))]
+    )
+    return loss_fn(doc_logits, torch.tensor([d.label for d in batch]))  # type: ignore[no-any-return]
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> float:
+    scores = []
+    for label in range(num_labels):
+        tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p == label)
+        fp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if p == label != t)
+        fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == label != p)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores))
+
+
+def train_model(
+    base_dir: Path,
+    labels: Sequence[str],
+    train_docs: Sequence[EncodedDoc],
+    config: TrainConfig,
+    val_docs: Sequence[EncodedDoc] | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Fine-tune `base_dir` on encoded documents; with `val_docs`, keep the best epoch by macro-F1."""
+    from transformers import get_linear_schedule_with_warmup
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    tokenizer, model = load_base_model(base_dir, labels)
+    pad_id = int(tokenizer.pad_token_id or 0)
+    _freeze(model, config.freeze_layers)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train_docs) // (config.docs_per_step * config.grad_accumulation))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)  # type: ignore[no-untyped-call]
+    weights = _class_weights(train_docs, len(labels)) if config.class_weighting else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    rng = random.Random(config.seed)
+    result = TrainResult(model=model)
+    best_f1, best_state, stale = -1.0, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = list(range(len(train_docs)))
+        rng.shuffle(order)
+        bar = tqdm(
+            total=len(order),
+            desc=f"{description} epoch {epoch}/{config.epochs}",
+            unit="doc",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        epoch_loss, seen, epoch_start = 0.0, 0, time.perf_counter()
+        micro = config.docs_per_step
+        for step_start in range(0, len(order), micro):
+            batch = [train_docs[i] for i in order[step_start : step_start + micro]]
+            loss = _step_loss(model, batch, config, pad_id, rng, loss_fn)
+            (loss / config.grad_accumulation).backward()  # type: ignore[no-untyped-call]
+            micro_index = step_start // micro + 1
+            if micro_index % config.grad_accumulation == 0 or step_start + micro >= len(order):
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            epoch_loss += float(loss) * len(batch)
+            seen += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{epoch_loss / seen:.4f}", docs_s=f"{seen / (time.perf_counter() - epoch_start):.2f}")
+        bar.close()
+        record = {"epoch": float(epoch), "train_loss": epoch_loss / max(seen, 1)}
+        if val_docs:
+            predictions = predict_chunk_logits(model, val_docs, pad_id)
+            y_pred = [
+                int(aggregate(p, torch.tensor(d.token_counts), config.aggregation).argmax())
+                for p, d in zip(predictions, val_docs, strict=True)
+            ]
+            y_true = [d.label for d in val_docs]
+            record["val_macro_f1"] = macro_f1(y_true, y_pred, len(labels))
+            record["val_accuracy"] = float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)]))
+            if record["val_macro_f1"] > best_f1:
+                best_f1, stale, result.best_epoch = record["val_macro_f1"], 0, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        result.history.append(record)
+        log.info("%s epoch %d: %s", description, epoch, record)
+        if val_docs and stale > config.early_stopping_patience:
+            log.info("%s: early stop, best epoch %d", description, result.best_epoch)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = config.epochs
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result

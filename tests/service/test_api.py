@@ -1,0 +1,333 @@
+"""The HTTP contract through the real app, in process: tiny random BERT or the deterministic fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.segmenter import expected_chunk_count
+from tests.conftest import FakeEngine, build_tiny_bert, long_text
+from tests.service.conftest import ClientFactory
+
+ALL_METRICS = [
+    "longdoc_requests_total", "longdoc_request_duration_seconds", "longdoc_queue_depth", "longdoc_batch_size",
+    "longdoc_batch_tokens", "longdoc_batch_padding_ratio", "longdoc_queue_wait_seconds",
+    "longdoc_inference_duration_seconds", "longdoc_document_chunks", "longdoc_document_tokens",
+    "longdoc_rejected_total", "longdoc_model_info",
+]
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["type"] == error_type, body
+    for fragment in fragments:
+        assert fragment in body["error"]["message"], body
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        match = re.match(rf"{name}(\{{(.*)\}})? (\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+async def test_health_info_and_request_id(client_factory: ClientFactory) -> None:
+    async with client_factory() as client:
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert (await client.get("/health/live")).status_code == 200
+        info = (await client.get("/info")).json()
+        # longdoc.json of the tiny model says 64/8/mean_logits; nothing in the environment overrides it
+        assert (info["max_length"], info["stride"], info["aggregation"]) == (64, 8, "mean_logits")
+        assert info["window_tokens"] == 62 and info["labels"] == ["negative", "positive"]
+        assert (info["device"], info["dtype"], info["quantization"]) == ("cpu", "float32", "none")
+        assert len(info["revision"]) == 12
+        echoed = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+        assert echoed.headers["x-request-id"] == "abc-123"
+        assert len(health.headers["x-request-id"]) == 32
+
+
+async def test_environment_overrides_model_metadata(client_factory: ClientFactory) -> None:
+    async with client_factory(max_length=32, stride=0, aggregation="max_logits") as client:
+        info = (await client.get("/info")).json()
+        assert (info["max_length"], info["stride"], info["aggregation"]) == (32, 0, "max_logits")
+
+
+async def test_classify_long_text_uses_every_token(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
+    text = long_text(700, seed=1)
+    n = len(wordpiece_tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+    async with client_factory() as client:
+        response = await client.post("/classify", json={"text": text, "return_chunks": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["num_tokens"] == n
+    assert body["num_chunks"] == expected_chunk_count(n, 62, 8) == len(body["chunks"])
+    assert body["label"] in {"negative", "positive"} and body["label"] == body["scores"][0]["label"]
+    assert sum(s["score"] for s in body["scores"]) == pytest.approx(1.0, abs=1e-5)
+    assert body["scores"][0]["score"] >= body["scores"][1]["score"]
+    chunks = body["chunks"]
+    assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
+    assert all(0 <= c["start"] < c["end"] <= len(text) for c in chunks)
+    assert all(a["start"] < b["start"] < a["end"] for a, b in zip(chunks, chunks[1:], strict=False))  # overlap
+    assert sum(c["contribution"] for c in chunks) == pytest.approx(1.0, abs=1e-5)
+    top = body["top_chunks"]
+    assert 1 <= len(top) <= 3
+    assert all(t["excerpt"] == text[t["start"] : t["end"]][: len(t["excerpt"])] for t in top)
+
+
+async def test_batch_of_texts_keeps_order_and_matches_single_requests(client_factory: ClientFactory) -> None:
+    texts = [long_text(50 + 90 * i, seed=i) for i in range(5)]
+    async with client_factory() as client:
+        batch = (await client.post("/classify", json={"texts": texts})).json()
+        singles = [(await client.post("/classify", json={"text": t})).json() for t in texts]
+    assert [r["num_tokens"] for r in batch["results"]] == [s["num_tokens"] for s in singles]
+    for together, alone in zip(batch["results"], singles, strict=True):
+        assert together["label"] == alone["label"]
+        assert together["score"] == pytest.approx(alone["score"], abs=1e-4)
+
+
+async def test_concurrent_documents_equal_one_at_a_time(client_factory: ClientFactory) -> None:
+    """Batch equivalence (fp32): padding and batch neighbours must not change any score."""
+    texts = [long_text(30 + 47 * i, seed=10 + i) for i in range(12)]
+    async with client_factory(max_wait_ms=50) as client:
+        alone = [(await client.post("/classify", json={"text": t})).json() for t in texts]
+        together = await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
+        metrics = (await client.get("/metrics")).text
+    for a, t in zip(alone, together, strict=True):
+        t_body = t.json()
+        assert a["label"] == t_body["label"]
+        for sa, st in zip(a["scores"], t_body["scores"], strict=True):
+            assert sa["label"] == st["label"] and sa["score"] == pytest.approx(st["score"], abs=1e-4)
+    assert metric_value(metrics, "longdoc_batch_padding_ratio_count") > 0
+
+
+async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    fake_engine.delay_s = 0.02
+    texts = [long_text(60 + 7 * i, seed=i) for i in range(32)]
+    async with client_factory(engine=fake_engine, max_wait_ms=20) as client:
+        responses = await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
+        metrics = (await client.get("/metrics")).text
+    assert all(r.status_code == 200 for r in responses)
+    chunks = sum(r.json()["num_chunks"] for r in responses)
+    batches = metric_value(metrics, "longdoc_batch_size_count")
+    assert metric_value(metrics, "longdoc_batch_size_sum") == chunks + 1  # + the warm-up chunk
+    assert batches < chunks / 4
+    assert len(fake_engine.calls) == batches
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error_type", "fragment"),
+    [
+        (b'{"text": "unterminated', {}, 400, "bad_request", "not valid JSON"),
+        (b'{"text": "\xff\xfe bad utf-8"}', {}, 400, "bad_request", ""),
+        (b'{"text": ""}', {}, 422, "invalid_input", "empty"),
+        (b'{"text": " \\n\\t "}', {}, 422, "invalid_input", "whitespace"),
+        (b'{"text": "\\u0000\\u0001\\u0002"}', {}, 422, "invalid_input", "no tokens"),
+        (b'{"text": 42}', {}, 422, "invalid_input", "text"),
+        (b'{"text": "a", "texts": ["b"]}', {}, 422, "invalid_input", "exactly one"),
+        (b"{}", {}, 422, "invalid_input", "exactly one"),
+        (b'{"texts": []}', {}, 422, "invalid_input", "at least one"),
+        (b'{"texts": ["fine", "  "]}', {}, 422, "invalid_input", "texts[1]"),
+        (b"[1, 2]", {}, 422, "invalid_input", ""),
+        (b'{"text": "a", "aggregation": "median"}', {}, 422, "invalid_input", "aggregation"),
+        (b'{"text": "a", "max_chunks": 0}', {}, 422, "invalid_input", "max_chunks"),
+        (b'{"text": "a", "surprise": 1}', {}, 422, "invalid_input", "surprise"),
+        (b'{"text": "a"}', {"content-type": "text/plain"}, 415, "unsupported_media_type", "text/plain"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(
+    client_factory: ClientFactory, fake_engine: FakeEngine, body: bytes, headers: dict[str, str], status: int,
+    error_type: str, fragment: str,
+) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        response = await client.post("/classify", content=body, headers={"content-type": "application/json", **headers})
+        assert_error(response, status, error_type, fragment)
+        assert (await client.post("/classify", json={"text": "still fine"})).status_code == 200
+
+
+async def test_limits_say_which_limit_and_value(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine, max_texts_per_request=3, max_document_chars=100,
+                              max_body_bytes=2000) as client:
+        assert_error(await client.post("/classify", json={"texts": ["a"] * 4}), 413, "payload_too_large",
+                     "4 texts exceed max_texts_per_request 3")
+        assert_error(await client.post("/classify", json={"text": "x" * 101}), 413, "payload_too_large",
+                     "101 characters, over max_document_chars 100")
+        assert_error(await client.post("/classify", json={"text": "y " * 1500}), 413, "payload_too_large",
+                     "max_body_bytes 2000")
+
+        async def streamed() -> Any:  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b" " * 500
+
+        assert_error(await client.post("/classify", content=streamed(), headers={"content-type": "application/json"}),
+                     413, "payload_too_large", "max_body_bytes 2000")
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_rejected_total", reason="body_too_large") == 2
+    assert metric_value(metrics, "longdoc_rejected_total", reason="payload_too_large") == 2
+
+
+async def test_unknown_route_and_method_use_the_error_body(client_factory: ClientFactory,
+                                                           fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        assert_error(await client.get("/nope"), 404, "not_found")
+        assert_error(await client.get("/classify"), 405, "method_not_allowed")
+
+
+async def test_metrics_exposes_every_documented_metric(client_factory: ClientFactory) -> None:
+    async with client_factory() as client:
+        await client.post("/classify", json={"text": long_text(200)})
+        await client.post("/classify", json={"text": ""})
+        response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    for name in ALL_METRICS:
+        assert re.search(rf"^# TYPE {name} ", response.text, re.M), name
+    assert metric_value(response.text, "longdoc_requests_total", endpoint="/classify", status="200") == 1
+    assert metric_value(response.text, "longdoc_requests_total", endpoint="/classify", status="422") == 1
+    assert re.search(r'longdoc_model_info\{.*quantization="none".*\} 1\.0', response.text)
+
+
+async def test_aggregation_override_and_max_chunks(client_factory: ClientFactory) -> None:
+    text = long_text(400, seed=3)
+    async with client_factory() as client:
+        default = (await client.post("/classify", json={"text": text})).json()
+        by_max = (await client.post("/classify", json={"text": text, "aggregation": "max_logits"})).json()
+        capped = (await client.post("/classify", json={"text": text, "max_chunks": 2})).json()
+    assert default["aggregation"] == "mean_logits" and by_max["aggregation"] == "max_logits"
+    assert default["scores"] != by_max["scores"]
+    assert capped["num_chunks"] == 2 and capped["truncated"] is True and default["truncated"] is False
+    assert capped["num_tokens"] == default["num_tokens"]
+
+
+async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine, api_key="s3cret") as client:
+        assert_error(await client.post("/classify", json={"text": "a"}), 401, "unauthorized")
+        assert_error(await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "wrong"}),
+                     401, "unauthorized")
+        ok = await client.post("/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert (await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "s3cret"})).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_failing_batch_fails_only_its_request(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
+    engine = FakeEngine(wordpiece_tokenizer, fail_calls={1})  # call 0 is the warm-up
+    async with client_factory(engine=engine) as client:
+        assert_error(await client.post("/classify", json={"text": "first"}), 500, "inference_failed",
+                     "injected failure")
+        second = await client.post("/classify", json={"text": "second"})
+        assert second.status_code == 200
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFactory,
+                                                       wordpiece_tokenizer: Any) -> None:
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)
+    async with client_factory(engine=engine, request_timeout_s=0.3, drain_timeout_s=5, max_batch_size=1,
+                              max_wait_ms=0) as client:
+        first, second = await asyncio.gather(
+            client.post("/classify", json={"text": "occupies the engine"}),
+            client.post("/classify", json={"text": "zebra " * 100}),
+        )
+        await asyncio.sleep(1.2)
+    assert {first.status_code, second.status_code} == {504}
+    assert_error(second, 504, "deadline_exceeded", "request_timeout_s 0.3")
+    zebra = wordpiece_tokenizer.convert_tokens_to_ids("zebra")
+    assert engine.chunks_seen <= 3  # warm-up + at most the first request's chunk: the zebras never ran
+    assert all(zebra not in chunk for call in engine.calls for chunk in call)
+
+
+async def test_overload_gives_429_with_retry_after(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.05)
+    async with client_factory(engine=engine, max_queue_chunks=12, max_batch_size=4) as client:
+        responses = await asyncio.gather(*(client.post("/classify", json={"text": long_text(80, i)})
+                                           for i in range(12)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) == {200, 429}, statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert_error(refused, 429, "overloaded", "max_queue_chunks 12")
+        assert_error(await client.post("/classify", json={"text": long_text(500)}), 413, "payload_too_large",
+                     "max_queue_chunks is 12")
+        assert (await client.post("/classify", json={"text": "afterwards"})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_rejected_total") >= 2
+
+
+async def test_draining_answers_503(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        client.app.state.service.draining = True  # type: ignore[attr-defined]
+        assert_error(await client.get("/health"), 503, "draining")
+        assert_error(await client.post("/classify", json={"text": "a"}), 503, "draining")
+        assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_multi_label_model_lists_labels_over_threshold(tmp_path: Path, client_factory: ClientFactory) -> None:
+    model_dir = build_tiny_bert(tmp_path / "multi", multi_label=True, labels=("a", "b", "c"))
+    async with client_factory(model_dir=model_dir, threshold=0.3) as client:
+        body = (await client.post("/classify", json={"text": long_text(100)})).json()
+    scores = {s["label"]: s["score"] for s in body["scores"]}
+    assert sum(scores.values()) != pytest.approx(1.0, abs=1e-3)  # sigmoid, not softmax
+    assert set(body["labels"]) == {label for label, score in scores.items() if score >= 0.3}
+
+
+async def test_openapi_documents_error_statuses(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        schema = (await client.get("/openapi.json")).json()
+    documented = set(schema["paths"]["/classify"]["post"]["responses"])
+    assert {"200", "400", "401", "413", "415", "422", "429", "500", "503", "504"} <= documented
+    async with client_factory(engine=FakeEngine(fake_engine.tokenizer), docs_enabled=False) as client:
+        assert (await client.get("/openapi.json")).status_code == 404
+        assert (await client.get("/docs")).status_code == 404
+
+
+def test_invalid_settings_name_the_value(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="stride \\(64\\) must be smaller than max_length \\(64\\)"):
+        Settings(model_dir=tiny_model_dir, max_length=64, stride=64)
+    with pytest.raises(ValidationError, match="drain_timeout_s"):
+        Settings(model_dir=tiny_model_dir, request_timeout_s=100, drain_timeout_s=10)
+    with pytest.raises(ValidationError, match="not a checkpoint directory"):
+        Settings(model_dir=tmp_path)
+    with pytest.raises(ValidationError, match="max_batch_tokens"):
+        Settings(model_dir=tiny_model_dir, max_batch_tokens=0)
+
+
+async def test_window_longer_than_the_model_is_refused_at_start(client_factory: ClientFactory) -> None:
+    with pytest.raises(ValueError, match="max_length 200 exceeds the model's position limit 128"):
+        async with client_factory(max_length=200):
+            pass
+    with pytest.raises(ValueError, match="stride must satisfy 0 <= stride < 62 .*got 62"):
+        async with client_factory(stride=62):
+            pass
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    from app.settings import Settings
+
+    monkeypatch.setenv("LONGDOC_MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("LONGDOC_MAX_BATCH_TOKENS", "4096")
+    monkeypatch.setenv("LONGDOC_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = Settings()
+    assert settings.max_batch_tokens == 4096
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert json.loads(settings.model_dump_json())["api_key"] is None

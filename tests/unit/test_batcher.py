@@ -1,0 +1,214 @@
+"""The dynamic batcher with a deterministic fake forward function."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from app.batcher import Batcher
+from app.errors import Draining, InferenceFailed, Overloaded, PayloadTooLarge
+from app.metrics import Metrics
+
+
+class Recorder:
+    """Forward function: logits [sum(ids), len(ids)]; records calls; can block, fail or run out of memory."""
+
+    def __init__(self, fail_calls: Sequence[int] = (), oom_above: int | None = None, delay_s: float = 0.0) -> None:
+        self.calls: list[list[list[int]]] = []
+        self.fail_calls = set(fail_calls)
+        self.oom_above = oom_above
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        index = len(self.calls)
+        self.calls.append([list(c) for c in chunks])
+        self.gate.wait(10)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if index in self.fail_calls:
+            raise RuntimeError(f"boom in call {index}")
+        if self.oom_above is not None and len(chunks) > self.oom_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.tensor([[float(sum(c)), float(len(c))] for c in chunks])
+
+    @property
+    def seen(self) -> list[list[int]]:
+        return [c for call in self.calls for c in call]
+
+
+def make(forward: Recorder, **overrides: float) -> Batcher:
+    options: dict[str, float] = dict(max_batch_tokens=1000, max_batch_size=16, max_wait_ms=20, max_queue_chunks=100)
+    options.update(overrides)
+    return Batcher(forward, metrics=Metrics(), **options)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_share_forward_calls() -> None:
+    forward = Recorder()
+    batcher = make(forward)
+    batcher.start()
+    tickets = [batcher.submit([[i, 1], [i, 2]]) for i in range(6)]
+    results = await asyncio.gather(*(t.results() for t in tickets))
+    assert len(forward.calls) == 1  # 12 chunks from 6 requests in one forward pass
+    for i, rows in enumerate(results):
+        assert [r.tolist() for r in rows] == [[i + 1, 2], [i + 2, 2]]
+    await batcher.stop()
+
+
+async def test_token_budget_and_size_bound_every_batch() -> None:
+    forward = Recorder()
+    gate_closed = forward.gate
+    gate_closed.clear()  # hold the first batch so the rest queue up
+    batcher = make(forward, max_batch_tokens=40, max_batch_size=3, max_wait_ms=0)
+    batcher.start()
+    first = batcher.submit([[1] * 10])
+    await asyncio.sleep(0.05)
+    rest = [batcher.submit([[2] * 10, [3] * 12]) for _ in range(4)]
+    gate_closed.set()
+    await asyncio.gather(first.results(), *(t.results() for t in rest))
+    for call in forward.calls:
+        assert len(call) <= 3
+        assert max(len(c) for c in call) * len(call) <= 40
+    assert sum(len(call) for call in forward.calls) == 9
+    await batcher.stop()
+
+
+async def test_one_failing_batch_fails_only_its_requests_and_the_next_succeeds() -> None:
+    forward = Recorder(fail_calls=[0])
+    batcher = make(forward, max_wait_ms=0)
+    batcher.start()
+    failing = batcher.submit([[1, 2]])
+    with pytest.raises(InferenceFailed, match="RuntimeError: boom in call 0"):
+        await failing.results()
+    later = batcher.submit([[5, 5]])
+    assert [r.tolist() for r in await later.results()] == [[10, 2]]
+    assert batcher.running
+    await batcher.stop()
+
+
+async def test_withdrawn_request_never_reaches_the_engine() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_wait_ms=0)
+    batcher.start()
+    blocker = batcher.submit([[1]])
+    await asyncio.sleep(0.05)  # the blocker's batch is now running and holds the engine
+    abandoned = batcher.submit([[424242]] * 5)
+    kept = batcher.submit([[7]])
+    assert batcher.pending == 7
+    batcher.withdraw(abandoned)  # a deadline or a disconnect
+    assert batcher.pending == 2
+    forward.gate.set()
+    await blocker.results()
+    await kept.results()
+    assert all(424242 not in chunk for chunk in forward.seen)
+    assert all(item.future.cancelled() for item in abandoned.items)
+    await batcher.stop()
+
+
+async def test_timed_out_wait_then_withdraw_drops_the_chunks() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_wait_ms=0)
+    batcher.start()
+    blocker = batcher.submit([[1]])
+    await asyncio.sleep(0.05)
+    slow = batcher.submit([[99999]] * 3)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slow.results(), 0.05)
+    batcher.withdraw(slow)
+    forward.gate.set()
+    await blocker.results()
+    await asyncio.sleep(0.05)
+    assert all(99999 not in chunk for chunk in forward.seen)
+    await batcher.stop()
+
+
+async def test_queue_full_is_rejected_at_once_with_retry_after() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_queue_chunks=10, max_wait_ms=0)
+    batcher.start()
+    first = batcher.submit([[1]] * 8)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit([[2]] * 3)
+    assert time.perf_counter() - started < 1.0
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    with pytest.raises(PayloadTooLarge, match="needs 11 chunks but max_queue_chunks is 10"):
+        batcher.submit([[2]] * 11)
+    forward.gate.set()
+    await first.results()
+    assert len(await batcher.submit([[3]] * 3).results()) == 3  # room again once the queue drained
+    await batcher.stop()
+
+
+async def test_stop_settles_everything() -> None:
+    forward = Recorder(delay_s=0.05)
+    batcher = make(forward, max_batch_size=1, max_wait_ms=0)
+    batcher.start()
+    tickets = [batcher.submit([[i]]) for i in range(20)]
+    await batcher.stop(timeout_s=0.1)  # not enough time for all 20 single-chunk batches
+    outcomes = await asyncio.gather(*(t.results() for t in tickets), return_exceptions=True)
+    assert all(isinstance(o, list) or isinstance(o, Draining) for o in outcomes)
+    assert any(isinstance(o, Draining) for o in outcomes)
+    assert any(isinstance(o, list) for o in outcomes)
+    with pytest.raises(Draining):
+        batcher.submit([[1]])
+    assert not batcher.running
+
+
+async def test_out_of_memory_splits_the_batch_once() -> None:
+    forward = Recorder(oom_above=4)
+    batcher = make(forward)
+    batcher.start()
+    tickets = [batcher.submit([[i]]) for i in range(8)]
+    results = await asyncio.gather(*(t.results() for t in tickets))
+    assert [r[0].tolist() for r in results] == [[i, 1] for i in range(8)]
+    assert [len(c) for c in forward.calls] == [8, 4, 4]
+    await batcher.stop()
+
+
+async def test_short_request_is_not_stuck_behind_long_ones() -> None:
+    """Rounds across requests: a 1-chunk request arriving behind 4 x 40-chunk requests runs in the next batch."""
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0, max_queue_chunks=1000)
+    batcher.start()
+    blocker = batcher.submit([[0]])
+    await asyncio.sleep(0.05)
+    longs = [batcher.submit([[1000 + i]] * 40) for i in range(4)]
+    short = batcher.submit([[7]])
+    forward.gate.set()
+    await asyncio.gather(short.results(), *(t.results() for t in longs), blocker.results())
+    short_call = next(i for i, call in enumerate(forward.calls) if [7] in call)
+    assert short_call == 1  # right after the blocker's batch: the first round-robin batch
+    assert len(forward.calls) > 10  # while the long requests needed many more
+    await batcher.stop()
+
+
+async def test_dead_batcher_fails_waiters_and_reports_not_running() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_wait_ms=0)
+    batcher.start()
+    blocker = batcher.submit([[1]])
+    await asyncio.sleep(0.05)
+    waiting = batcher.submit([[2]])
+
+    def broken_take() -> list[object]:
+        raise AssertionError("bug in batch formation")
+
+    batcher._take = broken_take  # type: ignore[method-assign]
+    forward.gate.set()
+    await blocker.results()
+    with pytest.raises(InferenceFailed, match="batcher stopped"):
+        await waiting.results()
+    await asyncio.sleep(0)
+    assert not batcher.running
