@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.errors import Draining, LongdocError, NotReady, Unauthorized, UnsupportedMediaType
+from app.errors import ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
 from app.schemas import (
     ClassifyBatchResult,
     ClassifyRequest,
@@ -21,10 +21,6 @@ from app.schemas import (
 )
 from app.service import ClassifierService, RequestStats
 from app.settings import Settings
-
-
-class ClientClosedRequest(LongdocError):
-    status_code, error_type = 499, "client_closed_request"
 
 
 def package_version() -> str:

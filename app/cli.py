@@ -54,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         seed_spread=args.seed_spread,
         progress=not args.no_progress,
         data_name=str(args.data),
+        skip_final=args.skip_final,
     )
     try:
         summary = run_pipeline(options)
@@ -97,6 +98,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import BenchOptions, run_bench
+
+    options = BenchOptions(model_dir=args.model_dir, concurrencies=args.concurrency, int8=not args.no_int8)
+    if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
+        options.short, options.medium, options.long, options.real = 3, 1, 0, 2
+        options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
+    if args.results_dir:
+        options.results_dir = args.results_dir
+    options.report = args.report
+    run_bench(options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longdoc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num-threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--skip-final", action="store_true", help="only cross-validate an existing --output model")
+
+    from app.settings import BUNDLED_MODEL
+
+    bench = commands.add_parser("bench", help="engine-only ceiling vs the service over HTTP, side by side")
+    bench.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL)
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    bench.add_argument("--no-int8", action="store_true", help="skip the int8 ceiling")
+    bench.add_argument("--quick", action="store_true", help="tiny corpus: check the harness only")
+    bench.add_argument("--results-dir", type=Path, default=None)
+    bench.add_argument("--report", type=Path, default=Path("docs/benchmarks.md"), help="markdown report path")
+
+    from longdoc import cli_classify
+
+    cli_classify.add_parser(commands)
 
     evaluate = commands.add_parser("eval", help="metrics for every aggregation and the first-window baseline")
     evaluate.add_argument("--model", type=Path, default=None)
@@ -147,10 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "classify":
+        from longdoc.cli_classify import run
+
+        return run(args)
     if args.command == "serve":
         from app.server import serve
 

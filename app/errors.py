@@ -66,6 +66,12 @@ class DeadlineExceeded(LongdocError):
     status_code, error_type = 504, "deadline_exceeded"
 
 
+class ClientClosedRequest(LongdocError):
+    """The client went away before the answer; only logs and metrics ever see this status."""
+
+    status_code, error_type = 499, "client_closed_request"
+
+
 class InferenceFailed(LongdocError):
     status_code, error_type = 500, "inference_failed"
 
@@ -86,7 +92,7 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"type": error_type, "message": message}}
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     """Malformed JSON (and undecodable bytes) is a 400; a well-formed body of the wrong shape is a 422."""
     errors = exc.errors()
     for error in errors:
@@ -110,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, error_type, message = _validation_message(exc)
+        status, error_type, message = validation_message(exc)
         return JSONResponse(error_body(error_type, message), status)
 
     @app.exception_handler(StarletteHTTPException)

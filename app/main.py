@@ -15,6 +15,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import compat, demo
 from app.api import package_version, router
 from app.batcher import Batcher
 from app.errors import install_error_handlers
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.in_flight = in_flight
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(compat.router)
+    app.include_router(demo.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -141,7 +141,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"model_dir {model_dir} holds no config.json: not a Hugging Face checkpoint")

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one forward pass (padded).")
     max_batch_size: int = Field(64, ge=1, description="Most chunks in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for more chunks before a batch runs.")
+    batch_across_requests: bool = Field(
+        True, description="Pack chunks of different requests into one forward pass (off: one request each)."
+    )
     max_queue_chunks: int = Field(16384, ge=1, description="Chunks queued or running before 429.")
     max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
@@ -70,13 +73,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(630.0, gt=0, description="Longest drain after SIGTERM.")
     api_key: SecretStr | None = Field(None, description="When set, /classify requires this key.")
     auth_metrics: bool = Field(False, description="Also require the API key for /metrics and /info.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (none).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins (none)."
+    )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     host: str = Field("0.0.0.0", description="Bind address for `longdoc serve`.")
     port: int = Field(8000, ge=0, le=65535, description="Bind port for `longdoc serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_json: bool = Field(True, description="JSON log lines (access log included).")
-    log_text: bool = Field(False, description="Log document text excerpts (off: privacy).")
     warmup: bool = Field(True, description="Run one forward pass before reporting healthy.")
 
     @field_validator("model_dir")

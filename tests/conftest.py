@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Imported here, early: importing hypothesis late (pytest's summary hook) trips a CPython 3.11.7 AST bug.
+hypothesis_settings.register_profile("longdoc", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("longdoc")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "model_store" / "hyperpartisan-minilm"
@@ -64,16 +69,25 @@ def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def build_tiny_bert(
-    directory: Path, *, multi_label: bool = False, labels: Sequence[str] = ("negative", "positive"),
-    serving: dict[str, Any] | None = None, seed: int = 0,
+    directory: Path,
+    *,
+    multi_label: bool = False,
+    labels: Sequence[str] = ("negative", "positive"),
+    serving: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> Path:
     """A random-weight BERT classifier (2 layers, hidden 32) with the real WordPiece tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, id2label=dict(enumerate(labels)),
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )

@@ -57,6 +57,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "## How it was made",
         "```",
         summary["command"],
+        *([summary["cv_command"]] if summary.get("cv_command", summary["command"]) != summary["command"] else []),
         "```",
         f"Recipe: `{config}`.",
         f"Final training run: {summary['final_seconds'] / 60:.1f} min on CPU, peak resident memory "

@@ -24,7 +24,7 @@ import torch
 
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
-from app.training.data import Example, load_examples
+from app.training.data import DataError, Example, load_examples
 from app.training.evaluate import (
     best_setting,
     evaluate_records,
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CV_PREDICTIONS_FILE = "cv_predictions.jsonl"
 CV_REPORT_FILE = "cv_report.json"
+SUMMARY_FILE = "training_summary.json"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class PipelineOptions:
     seed_spread: int = 1
     progress: bool = True
     data_name: str = ""
+    skip_final: bool = False
 
 
 def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
@@ -72,7 +74,11 @@ def _peak_rss_mb() -> float:
 
 
 def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
-    """Cross-validate (if asked), train the final model on everything, save checkpoint + card."""
+    """Train the final model on everything (unless `skip_final`), then cross-validate (if `k_fold` > 1).
+
+    The final fit comes first so a usable model exists early; cross-validation then chooses the serving
+    stride and aggregation (rewriting `longdoc.json`) and the card is rendered from both runs' records.
+    """
     config = options.config
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -81,79 +87,103 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     label2id = {label: i for i, label in enumerate(labels)}
     tokenizer, _ = load_base_model(options.base_model, labels)
     segmenter = Segmenter(tokenizer, config.max_length, config.stride)
-    strides = sorted(set(options.eval_strides) | {config.stride})
     options.output.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {
-        "config": config.as_dict(),
-        "labels": labels,
-        "examples": len(examples),
-        "command": shlex.join(["longdoc", *sys.argv[1:]]),
-    }
+    summary_path = options.output / SUMMARY_FILE
+    command = shlex.join(["longdoc", *sys.argv[1:]])
+
+    if not options.skip_final:
+        result = train_model(
+            options.base_model,
+            labels,
+            encode_docs(segmenter, examples, label2id),
+            config,
+            progress=options.progress,
+            description="final",
+        )
+        summary: dict[str, Any] = {
+            "config": config.as_dict(),
+            "labels": labels,
+            "examples": len(examples),
+            "command": command,
+            "final_seconds": result.seconds,
+            "peak_rss_mb": _peak_rss_mb(),
+            "serving": {
+                "max_length": config.max_length,
+                "stride": config.stride,
+                "aggregation": str(config.aggregation),
+                "threshold": 0.5,
+            },
+        }
+        _save(result.model, tokenizer, options.output, summary["serving"])
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        del result
+    elif not summary_path.is_file():
+        raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
 
     if options.k_fold > 1:
-        folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
-        records: list[dict[str, Any]] = []
-        cv_started = time.perf_counter()
-        for fold in range(options.k_fold):
-            train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
-            held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
-            result = train_model(
-                options.base_model,
-                labels,
-                encode_docs(segmenter, train_examples, label2id),
-                config,
-                progress=options.progress,
-                description=f"fold {fold + 1}/{options.k_fold}",
-            )
-            fold_records = predict_examples(
-                result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
-            )
-            records.extend(fold_records)
-            fold_report = evaluate_records([r for r in fold_records if r["stride"] == config.stride])
-            blocks = fold_report["strides"][str(config.stride)]["strategies"]
-            log.info(
-                "fold %d: %s (%.0f s)",
-                fold + 1,
-                {s: round(b["all"]["accuracy"], 4) for s, b in blocks.items()},
-                result.seconds,
-            )
-        write_records(options.output / CV_PREDICTIONS_FILE, records)
-        report = evaluate_records(records)
-        stride, aggregation = best_setting(report)
-        report["chosen"] = {"stride": stride, "aggregation": aggregation}
-        report["cv_seconds"] = time.perf_counter() - cv_started
-        if options.seed_spread > 1:
-            report["seed_spread"] = _seed_spread(
-                options, examples, folds, labels, label2id, segmenter, tokenizer, [r for r in records if r["fold"] == 0]
-            )
-        (options.output / CV_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        log.info("cross-validation:\n%s", format_report(report))
-        summary["cv"] = report
-    else:
-        stride, aggregation = config.stride, str(config.aggregation)
-
-    result = train_model(
-        options.base_model,
-        labels,
-        encode_docs(segmenter, examples, label2id),
-        config,
-        progress=options.progress,
-        description="final",
-    )
-    summary["final_seconds"] = result.seconds
-    summary["peak_rss_mb"] = _peak_rss_mb()
-    summary["serving"] = {
-        "max_length": config.max_length,
-        "stride": stride,
-        "aggregation": aggregation,
-        "threshold": 0.5,
-    }
-    _save(result.model, tokenizer, options.output, summary["serving"])
+        report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
+        summary["serving"].update(report["chosen"])
+        summary["cv_command"] = command
+        (options.output / "longdoc.json").write_text(json.dumps(summary["serving"], indent=2) + "\n", encoding="utf-8")
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    cv_path = options.output / CV_REPORT_FILE
+    if cv_path.is_file():
+        summary["cv"] = json.loads(cv_path.read_text(encoding="utf-8"))
     write_model_card(options.output, summary, options.data_name or str(options.data))
-    (options.output / "training_summary.json").write_text(
-        json.dumps({k: v for k, v in summary.items() if k != "cv"}, indent=2) + "\n", encoding="utf-8"
-    )
     return summary
+
+
+def _cross_validate(
+    options: PipelineOptions,
+    examples: Sequence[Example],
+    labels: list[str],
+    label2id: dict[str, int],
+    segmenter: Segmenter,
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """k fold models with the same recipe, each scored only on its own held-out fold, at every eval stride."""
+    config = options.config
+    strides = sorted(set(options.eval_strides) | {config.stride})
+    folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for fold in range(options.k_fold):
+        train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
+        held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
+        result = train_model(
+            options.base_model,
+            labels,
+            encode_docs(segmenter, train_examples, label2id),
+            config,
+            progress=options.progress,
+            description=f"fold {fold + 1}/{options.k_fold}",
+        )
+        fold_records = predict_examples(
+            result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
+        )
+        records.extend(fold_records)
+        write_records(options.output / CV_PREDICTIONS_FILE, records)  # progress survives an interruption
+        blocks = evaluate_records([r for r in fold_records if r["stride"] == config.stride])["strides"][
+            str(config.stride)
+        ]["strategies"]
+        log.info(
+            "fold %d: %s (%.0f s)",
+            fold + 1,
+            {s: round(b["all"]["accuracy"], 4) for s, b in blocks.items()},
+            result.seconds,
+        )
+    report = evaluate_records(records)
+    stride, aggregation = best_setting(report)
+    report["chosen"] = {"stride": stride, "aggregation": aggregation}
+    report["cv_seconds"] = time.perf_counter() - started
+    if options.seed_spread > 1:
+        report["seed_spread"] = _seed_spread(
+            options, examples, folds, labels, label2id, segmenter, tokenizer, [r for r in records if r["fold"] == 0]
+        )
+    (options.output / CV_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log.info("cross-validation:\n%s", format_report(report))
+    return report
 
 
 def _seed_spread(

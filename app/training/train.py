@@ -250,7 +250,7 @@ def train_model(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            epoch_loss += float(loss) * len(batch)
+            epoch_loss += float(loss.detach()) * len(batch)
             seen += len(batch)
             bar.update(len(batch))
             bar.set_postfix(loss=f"{epoch_loss / seen:.4f}", docs_s=f"{seen / (time.perf_counter() - epoch_start):.2f}")

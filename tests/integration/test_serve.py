@@ -28,27 +28,41 @@ def test_serve_classifies_a_long_document(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}"
         info = httpx.get(f"{url}/info").json()
         assert info["model"] == DEFAULT_MODEL.name
-        response = httpx.post(f"{url}/classify", json={"text": text}, timeout=600,
-                              headers={"X-Request-ID": "long-doc-1"})
+        response = httpx.post(
+            f"{url}/classify", json={"text": text}, timeout=600, headers={"X-Request-ID": "long-doc-1"}
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         window = info["window_tokens"]
         assert body["num_chunks"] == expected_chunk_count(body["num_tokens"], window, info["stride"])
         assert body["num_tokens"] > 20_000 and body["label"] in info["labels"]
         assert response.headers["x-request-id"] == "long-doc-1"
-    access = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
-              if line.startswith("{") and '"request_id": "long-doc-1"' in line]
+    access = [
+        json.loads(line)
+        for line in (tmp_path / "serve.log").read_text().splitlines()
+        if line.startswith("{") and '"request_id": "long-doc-1"' in line
+    ]
     assert access and access[0]["status"] == 200 and access[0]["chunks"] == body["num_chunks"]
     assert text[:40] not in (tmp_path / "serve.log").read_text()  # no document text in logs by default
 
 
 def test_uvicorn_factory_entry_point(tmp_path: Path, tiny_model_dir: Path) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with (tmp_path / "uvicorn.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=service_env(model_dir=tiny_model_dir), stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=service_env(model_dir=tiny_model_dir), stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             wait_until_healthy(f"http://127.0.0.1:{port}", process)
             response = httpx.post(f"http://127.0.0.1:{port}/classify", json={"text": long_text(300)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from pathlib import Path
@@ -16,10 +17,18 @@ from tests.conftest import FakeEngine, build_tiny_bert, long_text
 from tests.service.conftest import ClientFactory
 
 ALL_METRICS = [
-    "longdoc_requests_total", "longdoc_request_duration_seconds", "longdoc_queue_depth", "longdoc_batch_size",
-    "longdoc_batch_tokens", "longdoc_batch_padding_ratio", "longdoc_queue_wait_seconds",
-    "longdoc_inference_duration_seconds", "longdoc_document_chunks", "longdoc_document_tokens",
-    "longdoc_rejected_total", "longdoc_model_info",
+    "longdoc_requests_total",
+    "longdoc_request_duration_seconds",
+    "longdoc_queue_depth",
+    "longdoc_batch_size",
+    "longdoc_batch_tokens",
+    "longdoc_batch_padding_ratio",
+    "longdoc_queue_wait_seconds",
+    "longdoc_inference_duration_seconds",
+    "longdoc_document_chunks",
+    "longdoc_document_tokens",
+    "longdoc_rejected_total",
+    "longdoc_model_info",
 ]
 
 
@@ -82,7 +91,7 @@ async def test_classify_long_text_uses_every_token(client_factory: ClientFactory
     chunks = body["chunks"]
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
     assert all(0 <= c["start"] < c["end"] <= len(text) for c in chunks)
-    assert all(a["start"] < b["start"] < a["end"] for a, b in zip(chunks, chunks[1:], strict=False))  # overlap
+    assert all(a["start"] < b["start"] < a["end"] for a, b in itertools.pairwise(chunks))  # overlap
     assert sum(c["contribution"] for c in chunks) == pytest.approx(1.0, abs=1e-5)
     top = body["top_chunks"]
     assert 1 <= len(top) <= 3
@@ -152,8 +161,13 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
     ],
 )
 async def test_bad_input_is_a_clear_4xx(
-    client_factory: ClientFactory, fake_engine: FakeEngine, body: bytes, headers: dict[str, str], status: int,
-    error_type: str, fragment: str,
+    client_factory: ClientFactory,
+    fake_engine: FakeEngine,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    error_type: str,
+    fragment: str,
 ) -> None:
     async with client_factory(engine=fake_engine) as client:
         response = await client.post("/classify", content=body, headers={"content-type": "application/json", **headers})
@@ -162,28 +176,43 @@ async def test_bad_input_is_a_clear_4xx(
 
 
 async def test_limits_say_which_limit_and_value(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
-    async with client_factory(engine=fake_engine, max_texts_per_request=3, max_document_chars=100,
-                              max_body_bytes=2000) as client:
-        assert_error(await client.post("/classify", json={"texts": ["a"] * 4}), 413, "payload_too_large",
-                     "4 texts exceed max_texts_per_request 3")
-        assert_error(await client.post("/classify", json={"text": "x" * 101}), 413, "payload_too_large",
-                     "101 characters, over max_document_chars 100")
-        assert_error(await client.post("/classify", json={"text": "y " * 1500}), 413, "payload_too_large",
-                     "max_body_bytes 2000")
+    async with client_factory(
+        engine=fake_engine, max_texts_per_request=3, max_document_chars=100, max_body_bytes=2000
+    ) as client:
+        assert_error(
+            await client.post("/classify", json={"texts": ["a"] * 4}),
+            413,
+            "payload_too_large",
+            "4 texts exceed max_texts_per_request 3",
+        )
+        assert_error(
+            await client.post("/classify", json={"text": "x" * 101}),
+            413,
+            "payload_too_large",
+            "101 characters, over max_document_chars 100",
+        )
+        assert_error(
+            await client.post("/classify", json={"text": "y " * 1500}), 413, "payload_too_large", "max_body_bytes 2000"
+        )
 
         async def streamed() -> Any:  # no Content-Length: counted as it arrives
             for _ in range(10):
                 yield b" " * 500
 
-        assert_error(await client.post("/classify", content=streamed(), headers={"content-type": "application/json"}),
-                     413, "payload_too_large", "max_body_bytes 2000")
+        assert_error(
+            await client.post("/classify", content=streamed(), headers={"content-type": "application/json"}),
+            413,
+            "payload_too_large",
+            "max_body_bytes 2000",
+        )
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_rejected_total", reason="body_too_large") == 2
     assert metric_value(metrics, "longdoc_rejected_total", reason="payload_too_large") == 2
 
 
-async def test_unknown_route_and_method_use_the_error_body(client_factory: ClientFactory,
-                                                           fake_engine: FakeEngine) -> None:
+async def test_unknown_route_and_method_use_the_error_body(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
     async with client_factory(engine=fake_engine) as client:
         assert_error(await client.get("/nope"), 404, "not_found")
         assert_error(await client.get("/classify"), 405, "method_not_allowed")
@@ -217,8 +246,9 @@ async def test_aggregation_override_and_max_chunks(client_factory: ClientFactory
 async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
     async with client_factory(engine=fake_engine, api_key="s3cret") as client:
         assert_error(await client.post("/classify", json={"text": "a"}), 401, "unauthorized")
-        assert_error(await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "wrong"}),
-                     401, "unauthorized")
+        assert_error(
+            await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "wrong"}), 401, "unauthorized"
+        )
         ok = await client.post("/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert (await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "s3cret"})).status_code == 200
@@ -229,18 +259,19 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
 async def test_failing_batch_fails_only_its_request(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
     engine = FakeEngine(wordpiece_tokenizer, fail_calls={1})  # call 0 is the warm-up
     async with client_factory(engine=engine) as client:
-        assert_error(await client.post("/classify", json={"text": "first"}), 500, "inference_failed",
-                     "injected failure")
+        assert_error(
+            await client.post("/classify", json={"text": "first"}), 500, "inference_failed", "injected failure"
+        )
         second = await client.post("/classify", json={"text": "second"})
         assert second.status_code == 200
         assert (await client.get("/health")).status_code == 200
 
 
-async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFactory,
-                                                       wordpiece_tokenizer: Any) -> None:
+async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)
-    async with client_factory(engine=engine, request_timeout_s=0.3, drain_timeout_s=5, max_batch_size=1,
-                              max_wait_ms=0) as client:
+    async with client_factory(
+        engine=engine, request_timeout_s=0.3, drain_timeout_s=5, max_batch_size=1, max_wait_ms=0
+    ) as client:
         first, second = await asyncio.gather(
             client.post("/classify", json={"text": "occupies the engine"}),
             client.post("/classify", json={"text": "zebra " * 100}),
@@ -256,15 +287,20 @@ async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFac
 async def test_overload_gives_429_with_retry_after(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.05)
     async with client_factory(engine=engine, max_queue_chunks=12, max_batch_size=4) as client:
-        responses = await asyncio.gather(*(client.post("/classify", json={"text": long_text(80, i)})
-                                           for i in range(12)))
+        responses = await asyncio.gather(
+            *(client.post("/classify", json={"text": long_text(80, i)}) for i in range(12))
+        )
         statuses = sorted(r.status_code for r in responses)
         assert set(statuses) == {200, 429}, statuses
         refused = next(r for r in responses if r.status_code == 429)
         assert int(refused.headers["retry-after"]) >= 1
         assert_error(refused, 429, "overloaded", "max_queue_chunks 12")
-        assert_error(await client.post("/classify", json={"text": long_text(500)}), 413, "payload_too_large",
-                     "max_queue_chunks is 12")
+        assert_error(
+            await client.post("/classify", json={"text": long_text(500)}),
+            413,
+            "payload_too_large",
+            "max_queue_chunks is 12",
+        )
         assert (await client.post("/classify", json={"text": "afterwards"})).status_code == 200
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_rejected_total") >= 2
@@ -302,7 +338,7 @@ def test_invalid_settings_name_the_value(tiny_model_dir: Path, tmp_path: Path) -
 
     from app.settings import Settings
 
-    with pytest.raises(ValidationError, match="stride \\(64\\) must be smaller than max_length \\(64\\)"):
+    with pytest.raises(ValidationError, match=r"stride \(64\) must be smaller than max_length \(64\)"):
         Settings(model_dir=tiny_model_dir, max_length=64, stride=64)
     with pytest.raises(ValidationError, match="drain_timeout_s"):
         Settings(model_dir=tiny_model_dir, request_timeout_s=100, drain_timeout_s=10)
@@ -316,7 +352,7 @@ async def test_window_longer_than_the_model_is_refused_at_start(client_factory: 
     with pytest.raises(ValueError, match="max_length 200 exceeds the model's position limit 128"):
         async with client_factory(max_length=200):
             pass
-    with pytest.raises(ValueError, match="stride must satisfy 0 <= stride < 62 .*got 62"):
+    with pytest.raises(ValueError, match=r"stride must satisfy 0 <= stride < 62 .*got 62"):
         async with client_factory(stride=62):
             pass
 

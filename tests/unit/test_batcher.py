@@ -43,8 +43,10 @@ class Recorder:
         return [c for call in self.calls for c in call]
 
 
-def make(forward: Recorder, **overrides: float) -> Batcher:
-    options: dict[str, float] = dict(max_batch_tokens=1000, max_batch_size=16, max_wait_ms=20, max_queue_chunks=100)
+def make(forward: Recorder, **overrides: float | bool) -> Batcher:
+    options: dict[str, float | bool] = dict(
+        max_batch_tokens=1000, max_batch_size=16, max_wait_ms=20, max_queue_chunks=100
+    )
     options.update(overrides)
     return Batcher(forward, metrics=Metrics(), **options)  # type: ignore[arg-type]
 
@@ -156,7 +158,7 @@ async def test_stop_settles_everything() -> None:
     tickets = [batcher.submit([[i]]) for i in range(20)]
     await batcher.stop(timeout_s=0.1)  # not enough time for all 20 single-chunk batches
     outcomes = await asyncio.gather(*(t.results() for t in tickets), return_exceptions=True)
-    assert all(isinstance(o, list) or isinstance(o, Draining) for o in outcomes)
+    assert all(isinstance(o, list | Draining) for o in outcomes)
     assert any(isinstance(o, Draining) for o in outcomes)
     assert any(isinstance(o, list) for o in outcomes)
     with pytest.raises(Draining):
@@ -212,3 +214,50 @@ async def test_dead_batcher_fails_waiters_and_reports_not_running() -> None:
         await waiting.results()
     await asyncio.sleep(0)
     assert not batcher.running
+    assert isinstance(batcher._task.exception(), AssertionError)  # type: ignore[union-attr]
+
+
+async def test_batching_off_runs_one_request_per_forward() -> None:
+    forward = Recorder()
+    batcher = make(forward, across_requests=False, max_wait_ms=20)
+    batcher.start()
+    tickets = [batcher.submit([[i, 1], [i, 2]]) for i in range(4)]
+    await asyncio.gather(*(t.results() for t in tickets))
+    assert sorted(sorted({c[0] for c in call}) for call in forward.calls) == [[0], [1], [2], [3]]
+    await batcher.stop()
+
+
+def test_priority_prefers_short_requests_and_ages_long_ones() -> None:
+    from collections import deque
+
+    from app.batcher import _Item, scheduling_priority
+
+    loop = asyncio.new_event_loop()
+    try:
+
+        def queue(chunks: int, enqueued: float) -> deque[_Item]:
+            return deque(_Item([1], loop.create_future(), enqueued) for _ in range(chunks))
+
+        now = 100.0
+        fresh_short, fresh_long = queue(2, now), queue(36, now)
+        assert scheduling_priority(fresh_short, now, 5.0) < scheduling_priority(fresh_long, now, 5.0)
+        waited_long = queue(36, now - 90)  # 90 s of waiting shrinks 36 chunks to 36 / 19
+        assert scheduling_priority(waited_long, now, 5.0) < scheduling_priority(queue(4, now), now, 5.0)
+    finally:
+        loop.close()
+
+
+async def test_batches_fill_with_the_shortest_requests_first() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_batch_size=4, max_wait_ms=0, max_queue_chunks=1000)
+    batcher.start()
+    blocker = batcher.submit([[0]])
+    await asyncio.sleep(0.05)
+    long = batcher.submit([[100]] * 10)
+    medium = batcher.submit([[50]] * 3)
+    short = batcher.submit([[7]])
+    forward.gate.set()
+    await asyncio.gather(blocker.results(), long.results(), medium.results(), short.results())
+    assert forward.calls[1] == [[7], [50], [50], [50]]  # short first, then medium, then the long one
+    await batcher.stop()

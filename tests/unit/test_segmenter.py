@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from app.segmenter import Segmenter, expected_chunk_count
 
-TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=600
-) | st.lists(st.sampled_from(["the", "senate", "vote", "é", "🙂", "\n", "  ", "naïve", "שלום", "x" * 30]),
-             max_size=300).map(" ".join)
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=600) | st.lists(
+    st.sampled_from(["the", "senate", "vote", "é", "🙂", "\n", "  ", "naïve", "שלום", "x" * 30]), max_size=300
+).map(" ".join)
 
 
 def check_properties(segmenter: Segmenter, text: str) -> None:

@@ -1,0 +1,45 @@
+# longdoc: `make serve` sets up and serves the bundled model on :8000; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup serve test test-tools lint bench train clean
+
+$(BIN)/longdoc: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/longdoc
+
+serve: setup
+	$(BIN)/longdoc serve --port $(PORT)
+
+# System packages and tools the integration tests drive (nginx, prometheus, chromium, linters).
+test-tools: setup
+	. $(BIN)/activate && bash ci/test-tools.sh
+
+lint: setup
+	$(BIN)/ruff check app longdoc tests benchmarks
+	$(BIN)/ruff format --check app longdoc tests benchmarks
+	$(BIN)/mypy app longdoc
+
+test: test-tools lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/longdoc bench
+
+# Rebuild the bundled default model from the committed data (cross-validation, seed spread, final fit).
+train: setup
+	$(BIN)/longdoc train --data data/hyperpartisan/train.jsonl --output model_store/hyperpartisan-minilm \
+	  --k-fold 5 --seed-spread 3 --eval-strides 0 64 128 --max-length 256 --stride 32 --epochs 3 --lr 5e-5 \
+	  --docs-per-step 4 --grad-accumulation 2 --max-chunks-per-doc 4 --seed 0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

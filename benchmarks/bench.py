@@ -1,0 +1,425 @@
+"""`longdoc bench`: engine-only ceiling vs the real service over HTTP, in one run on the same corpus.
+
+Every throughput counts one unit on both sides: non-padding chunk tokens per second (special tokens and
+overlaps included, padding excluded), so the service/ceiling ratio says how well the service keeps the
+engine fed. The service runs as a real `longdoc serve` process on loopback, driven by httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from app.model import LoadedModel, load_model, read_model_metadata
+from app.segmenter import Segmenter
+from app.settings import BUNDLED_MODEL, available_cpus
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_DATA = REPO / "data" / "hyperpartisan" / "train.jsonl"
+
+
+@dataclass
+class BenchOptions:
+    model_dir: Path = BUNDLED_MODEL
+    concurrencies: Sequence[int] = (1, 4, 16, 64)
+    short: int = 16
+    medium: int = 6
+    long: int = 3
+    real: int = 24
+    budgets: Sequence[int] = (2048, 4096, 8192, 16384)
+    fairness_long: int = 8
+    fairness_short: int = 24
+    int8: bool = True
+    seed: int = 0
+    results_dir: Path = REPO / "benchmarks" / "results"
+    report: Path | None = REPO / "docs" / "benchmarks.md"
+    log: Any = field(default=print)
+
+
+@dataclass
+class Doc:
+    text: str
+    kind: str
+    chunk_tokens: int  # non-padding tokens of all its windows (what the engine really computes)
+
+
+def _text_with_tokens(segmenter: Segmenter, vocabulary: list[str], tokens: int, rng: random.Random) -> str:
+    words = " ".join(rng.choice(vocabulary) for _ in range(int(tokens * 0.9) + 50))
+    encoding = segmenter._backend.encode(words, add_special_tokens=False)
+    while len(encoding.ids) < tokens:
+        words += " " + " ".join(rng.choice(vocabulary) for _ in range(tokens))
+        encoding = segmenter._backend.encode(words, add_special_tokens=False)
+    return words[: encoding.offsets[tokens - 1][1]]
+
+
+def build_corpus(segmenter: Segmenter, options: BenchOptions) -> list[Doc]:
+    """A seeded mix: synthetic 300 / 2,000 / 8,000-token documents plus real training articles."""
+    rng = random.Random(options.seed)
+    articles = [json.loads(line)["text"] for line in TRAIN_DATA.read_text(encoding="utf-8").splitlines()]
+    vocabulary = " ".join(articles[:200]).split()
+    texts: list[tuple[str, str]] = []
+    for kind, count, tokens in (
+        ("short", options.short, 300),
+        ("medium", options.medium, 2000),
+        ("long", options.long, 8000),
+    ):
+        texts += [(kind, _text_with_tokens(segmenter, vocabulary, tokens, rng)) for _ in range(count)]
+    texts += [("real", text) for text in rng.sample(articles, options.real)]
+    rng.shuffle(texts)
+    return [Doc(text, kind, sum(len(c.input_ids) for c in segmenter.segment(text).chunks)) for kind, text in texts]
+
+
+def _batches(chunks: list[list[int]], budget: int) -> list[list[list[int]]]:
+    ordered = sorted(chunks, key=len)
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    for ids in ordered:
+        if current and len(ids) * (len(current) + 1) > budget:
+            batches.append(current)
+            current = []
+        current.append(ids)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def engine_ceiling(
+    model: LoadedModel, segmenter: Segmenter, docs: Sequence[Doc], budgets: Sequence[int], log: Any
+) -> dict[str, Any]:
+    """The model alone over exactly the service's chunks, full length-sorted batches, best budget wins."""
+    chunks = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]
+    tokens = sum(len(c) for c in chunks)
+    model.forward(chunks[:4])  # warm-up
+    sweep = {}
+    for budget in budgets:
+        started = time.perf_counter()
+        for batch in _batches(chunks, budget):
+            model.forward(batch)
+        elapsed = time.perf_counter() - started
+        sweep[str(budget)] = tokens / elapsed
+        log(f"  ceiling budget {budget:>6}: {tokens / elapsed:,.0f} tokens/s")
+    best = max(sweep, key=lambda k: sweep[k])
+    return {
+        "tokens": tokens,
+        "chunks": len(chunks),
+        "sweep_tokens_per_s": sweep,
+        "best_budget": int(best),
+        "tokens_per_s": sweep[best],
+    }
+
+
+def _metric_sums(text: str) -> dict[str, float]:
+    wanted = (
+        "longdoc_batch_size_sum",
+        "longdoc_batch_size_count",
+        "longdoc_batch_padding_ratio_sum",
+        "longdoc_batch_padding_ratio_count",
+        "longdoc_inference_duration_seconds_sum",
+        "longdoc_inference_duration_seconds_count",
+    )
+    sums = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{[^}]*\})? (\S+)$", line)
+        if match and match.group(1) in sums:
+            sums[match.group(1)] += float(match.group(2))
+    return sums
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class ServiceProcess:
+    """A real `longdoc serve` on a free loopback port; stopped by PID when done."""
+
+    def __init__(self, model_dir: Path, threads: int, **settings: Any) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LONGDOC_")}
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "LONGDOC_MODEL_DIR": str(model_dir),
+                "LONGDOC_NUM_THREADS": str(threads),
+                "LONGDOC_LOG_LEVEL": "warning",
+            }
+        )
+        env.update({f"LONGDOC_{k.upper()}": str(v) for k, v in settings.items()})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"longdoc serve exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("service did not become healthy")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def drive(url: str, docs: Sequence[Doc], concurrency: int) -> dict[str, Any]:
+    """Send every document once with `concurrency` clients; latency per request, tokens/s overall."""
+    queue = list(enumerate(docs))
+    latencies: dict[int, float] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
+        before = _metric_sums((await client.get("/metrics")).text)
+
+        async def worker() -> None:
+            while queue:
+                index, doc = queue.pop(0)
+                started = time.perf_counter()
+                response = await client.post("/classify", json={"text": doc.text})
+                response.raise_for_status()
+                latencies[index] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        after = _metric_sums((await client.get("/metrics")).text)
+    delta = {k: after[k] - before[k] for k in after}
+    values = list(latencies.values())
+    tokens = sum(d.chunk_tokens for d in docs)
+    batches = max(delta["longdoc_batch_size_count"], 1)
+    return {
+        "concurrency": concurrency,
+        "documents": len(docs),
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "docs_per_s": len(docs) / elapsed,
+        "p50_s": _percentile(values, 50),
+        "p95_s": _percentile(values, 95),
+        "p99_s": _percentile(values, 99),
+        "mean_batch_size": delta["longdoc_batch_size_sum"] / batches,
+        "padding_ratio": delta["longdoc_batch_padding_ratio_sum"] / batches,
+        "mean_batch_seconds": delta["longdoc_inference_duration_seconds_sum"] / batches,
+        "latency_by_index": latencies,
+    }
+
+
+def fairness(url: str, segmenter: Segmenter, options: BenchOptions, concurrency: int = 16) -> dict[str, Any]:
+    """Short (300-token) documents arriving among long (8,000-token) ones: the short ones' latency."""
+    rng = random.Random(options.seed + 1)
+    articles = [json.loads(line)["text"] for line in TRAIN_DATA.read_text(encoding="utf-8").splitlines()]
+    vocabulary = " ".join(articles[:200]).split()
+    longs = [Doc(_text_with_tokens(segmenter, vocabulary, 8000, rng), "long", 0) for _ in range(options.fairness_long)]
+    shorts = [
+        Doc(_text_with_tokens(segmenter, vocabulary, 300, rng), "short", 0) for _ in range(options.fairness_short)
+    ]
+    # Half the clients start on long documents; the shorts then arrive interleaved with the remaining longs.
+    head = min(len(longs), concurrency // 2)
+    mixed = longs[:head]
+    remaining = longs[head:]
+    for index, short in enumerate(shorts):
+        mixed.append(short)
+        if index < len(remaining):
+            mixed.append(remaining[index])
+    mixed += remaining[len(shorts) :]
+    for d in mixed:
+        d.chunk_tokens = sum(len(c.input_ids) for c in segmenter.segment(d.text).chunks)
+    run = asyncio.run(drive(url, mixed, concurrency))
+    short_latency = [run["latency_by_index"][i] for i, d in enumerate(mixed) if d.kind == "short"]
+    long_latency = [run["latency_by_index"][i] for i, d in enumerate(mixed) if d.kind == "long"]
+    return {
+        "concurrency": concurrency,
+        "short_docs": len(short_latency),
+        "long_docs": len(long_latency),
+        "short_p50_s": _percentile(short_latency, 50),
+        "short_p99_s": _percentile(short_latency, 99),
+        "long_p50_s": _percentile(long_latency, 50),
+        "mean_batch_seconds": run["mean_batch_seconds"],
+        "short_p99_in_batches": _percentile(short_latency, 99) / max(run["mean_batch_seconds"], 1e-9),
+    }
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    log = options.log
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    meta = read_model_metadata(options.model_dir)
+    model = load_model(options.model_dir, device="cpu")
+    segmenter = Segmenter(model.tokenizer, int(meta.get("max_length", 512)), int(meta.get("stride", 0)))
+    docs = build_corpus(segmenter, options)
+    log(f"corpus: {len(docs)} documents, {sum(d.chunk_tokens for d in docs):,} chunk tokens; threads {threads}")
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {threads} CPU threads allowed, "
+        f"{os.cpu_count()} visible; torch {torch.__version__}",
+        "model": options.model_dir.name,
+        "max_length": segmenter.max_length,
+        "stride": segmenter.stride,
+        "corpus": {k: sum(1 for d in docs if d.kind == k) for k in ("short", "medium", "long", "real")},
+        "corpus_tokens": sum(d.chunk_tokens for d in docs),
+    }
+    log("engine-only ceiling (fp32):")
+    result["ceiling"] = engine_ceiling(model, segmenter, docs, options.budgets, log)
+    budget = result["ceiling"]["best_budget"]
+    if options.int8:
+        log("engine-only ceiling (int8):")
+        int8 = load_model(options.model_dir, device="cpu", quantize="int8")
+        result["ceiling_int8"] = engine_ceiling(int8, segmenter, docs, [budget], log)
+        result["int8_speedup"] = result["ceiling_int8"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
+        del int8
+    del model
+    service = ServiceProcess(options.model_dir, threads, max_batch_tokens=budget, max_wait_ms=5)
+    try:
+        result["service"] = []
+        for concurrency in options.concurrencies:
+            run = asyncio.run(drive(service.url, docs, concurrency))
+            run.pop("latency_by_index")
+            run["ratio_to_ceiling"] = run["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
+            result["service"].append(run)
+            log(
+                f"  service c={concurrency:<3} {run['tokens_per_s']:,.0f} tokens/s "
+                f"({run['ratio_to_ceiling']:.2f}x ceiling) p50 {run['p50_s']:.2f}s p99 {run['p99_s']:.2f}s "
+                f"batch {run['mean_batch_size']:.1f} padding {run['padding_ratio']:.2f}"
+            )
+        result["fairness"] = fairness(service.url, segmenter, options)
+        log(
+            f"  fairness: short p99 {result['fairness']['short_p99_s']:.2f}s = "
+            f"{result['fairness']['short_p99_in_batches']:.1f} batch durations"
+        )
+        result["service_rss_mb"] = service.rss_mb()
+    finally:
+        service.stop()
+    naive = ServiceProcess(options.model_dir, threads, max_batch_tokens=budget, batch_across_requests="false")
+    try:
+        concurrency = 16 if 16 in options.concurrencies else max(options.concurrencies)
+        run = asyncio.run(drive(naive.url, docs, concurrency))
+        run.pop("latency_by_index")
+        run["ratio_to_ceiling"] = run["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
+        result["batching_off"] = run
+        log(f"  batching off c={concurrency}: {run['tokens_per_s']:,.0f} tokens/s p50 {run['p50_s']:.2f}s")
+    finally:
+        naive.stop()
+    options.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    (options.results_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if options.report is not None:
+        write_report(result, options.report)
+    return result
+
+
+def write_report(result: dict[str, Any], path: Path) -> None:
+    """docs/benchmarks.md: the side-by-side table and a plot of throughput and p99 against concurrency."""
+    ceiling = result["ceiling"]["tokens_per_s"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Latest run: {result['date']} on {result['machine']}. Model `{result['model']}`, max_length "
+        f"{result['max_length']}, stride {result['stride']}. Corpus: {result['corpus']} documents, "
+        f"{result['corpus_tokens']:,} chunk tokens. Unit everywhere: non-padding chunk tokens per second.",
+        "Reproduce with `longdoc bench` (JSON under `benchmarks/results/`).",
+        "",
+        "| run | tokens/s | ratio to ceiling | docs/s | p50 s | p95 s | p99 s | mean batch | padding |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| engine-only ceiling (fp32, best budget {result['ceiling']['best_budget']}) | {ceiling:,.0f} | 1.00 "
+        "| | | | | | |",
+    ]
+    if "ceiling_int8" in result:
+        lines.append(
+            f"| engine-only ceiling (int8) | {result['ceiling_int8']['tokens_per_s']:,.0f} | "
+            f"{result['int8_speedup']:.2f} | | | | | | |"
+        )
+    for run in result["service"]:
+        lines.append(
+            f"| service, concurrency {run['concurrency']} | {run['tokens_per_s']:,.0f} | "
+            f"{run['ratio_to_ceiling']:.2f} | {run['docs_per_s']:.2f} | {run['p50_s']:.2f} | {run['p95_s']:.2f} | "
+            f"{run['p99_s']:.2f} | {run['mean_batch_size']:.1f} | {run['padding_ratio']:.2f} |"
+        )
+    off = result["batching_off"]
+    lines.append(
+        f"| batching off (one request per forward), concurrency {off['concurrency']} | {off['tokens_per_s']:,.0f} | "
+        f"{off['ratio_to_ceiling']:.2f} | {off['docs_per_s']:.2f} | {off['p50_s']:.2f} | {off['p95_s']:.2f} | "
+        f"{off['p99_s']:.2f} | {off['mean_batch_size']:.1f} | {off['padding_ratio']:.2f} |"
+    )
+    fair = result["fairness"]
+    lines += [
+        "",
+        "Budget sweep (engine tokens/s by max_batch_tokens): "
+        + ", ".join(f"{k}: {v:,.0f}" for k, v in result["ceiling"]["sweep_tokens_per_s"].items())
+        + ".",
+        "",
+        f"Fair scheduling: {fair['short_docs']} short (300-token) documents among {fair['long_docs']} long "
+        f"(8,000-token) ones at concurrency {fair['concurrency']}: short p50 {fair['short_p50_s']:.2f} s, "
+        f"p99 {fair['short_p99_s']:.2f} s = {fair['short_p99_in_batches']:.1f} mean batch durations "
+        f"({fair['mean_batch_seconds']:.2f} s); long p50 {fair['long_p50_s']:.2f} s.",
+        "",
+        f"Service resident memory after the runs: {result['service_rss_mb']:.0f} MB.",
+        "",
+        "![throughput and p99 against concurrency](benchmarks.png)",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker = "<!-- bench:end -->"
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    notes = previous.split(marker, 1)[1] if marker in previous else ""
+    path.write_text("\n".join(lines) + "\n" + marker + notes, encoding="utf-8")
+    _plot(result, path.with_suffix(".png"))
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["service"]
+    xs = [r["concurrency"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(xs, [r["tokens_per_s"] for r in runs], marker="o", label="service")
+    left.axhline(result["ceiling"]["tokens_per_s"], color="gray", linestyle="--", label="engine-only ceiling")
+    left.set(xscale="log", xlabel="concurrency", ylabel="chunk tokens / s", title="Throughput")
+    left.set_xticks(xs, [str(x) for x in xs])
+    left.legend()
+    right.plot(xs, [r["p99_s"] for r in runs], marker="o", color="tab:red", label="p99")
+    right.plot(xs, [r["p50_s"] for r in runs], marker="o", color="tab:orange", label="p50")
+    right.set(xscale="log", xlabel="concurrency", ylabel="seconds", title="Latency")
+    right.set_xticks(xs, [str(x) for x in xs])
+    right.legend()
+    fig.suptitle(f"longdoc {result['model']} — {result['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,406 @@
+"""Python client for the longdoc service: typed results, one pooled connection, bounded retries on 429/503.
+
+    from longdoc.client import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        result = client.classify(open("report.txt").read(), return_chunks=True)
+        print(result.label, result.score, result.top_chunks[0].excerpt)
+
+`AsyncClient` has the same methods, awaitable. A 429 or 503 is retried after the server's Retry-After
+(capped by `max_retry_wait_s`; without the header, an exponential backoff), at most `max_retries` times;
+every other error, and the last refusal, raises `APIError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({429, 503})
+
+Aggregation = Literal["mean_logits", "max_logits", "mean_probs", "weighted_mean_logits"]
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    """A dataclass from a JSON object, ignoring fields a newer server may add."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of the document: `text[start:end]` (code points), its scores and its share of the decision."""
+
+    start: int
+    end: int
+    num_tokens: int
+    label: str
+    score: float
+    scores: list[LabelScore]
+    contribution: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Chunk:
+        return _build(cls, {**data, "scores": [_build(LabelScore, s) for s in data["scores"]]})
+
+
+@dataclass(frozen=True)
+class DecisiveChunk:
+    """One of the chunks that weighed most for the document's label, with the start of its text."""
+
+    index: int
+    start: int
+    end: int
+    contribution: float
+    score: float
+    excerpt: str
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The service's answer for one document (see the HTTP contract in the README)."""
+
+    label: str
+    score: float
+    scores: list[LabelScore]
+    num_chunks: int
+    num_tokens: int
+    aggregation: str
+    model: str
+    truncated: bool = False
+    labels: list[str] | None = None
+    chunks: list[Chunk] | None = None
+    top_chunks: list[DecisiveChunk] | None = None
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], request_id: str | None = None) -> Classification:
+        chunks = data.get("chunks")
+        top = data.get("top_chunks")
+        return _build(
+            cls,
+            {
+                **data,
+                "scores": [_build(LabelScore, s) for s in data["scores"]],
+                "chunks": None if chunks is None else [Chunk.from_json(c) for c in chunks],
+                "top_chunks": None if top is None else [_build(DecisiveChunk, c) for c in top],
+                "request_id": request_id,
+            },
+        )
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What `GET /info` reports: the model and the effective serving settings."""
+
+    model: str
+    revision: str
+    labels: list[str]
+    multi_label: bool
+    max_length: int
+    stride: int
+    aggregation: str
+    device: str
+    dtype: str
+    quantization: str
+    version: str
+    max_document_chars: int
+    max_texts_per_request: int
+
+
+class APIError(Exception):
+    """An error answer of the service: its status, wire type and message (and Retry-After for 429/503)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error_type: str,
+        message: str,
+        *,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {error_type}: {message}")
+        self.status_code = status_code
+        self.error_type = error_type
+        self.message = message
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> APIError:
+        error_type, message = "http_error", response.text[:500] or response.reason_phrase
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            error_type = str(body["error"].get("type", error_type))
+            message = str(body["error"].get("message", message))
+        return cls(
+            response.status_code,
+            error_type,
+            message,
+            request_id=response.headers.get("x-request-id"),
+            retry_after_s=retry_after(response),
+        )
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds, from delta-seconds or an HTTP date; None when absent or unreadable."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Base:
+    """What both clients share: configuration, request bodies, retry delays and response parsing."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        max_retries: int,
+        max_retry_wait_s: float,
+    ) -> None:
+        if max_retries < 0 or max_retry_wait_s < 0:
+            raise ValueError("max_retries and max_retry_wait_s must be >= 0")
+        self.base_url = (base_url or os.environ.get("LONGDOC_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10.0)
+        self.max_retries = max_retries
+        self.max_retry_wait_s = max_retry_wait_s
+
+    def _headers(self, request_id: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return headers
+
+    def _delay(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when this answer is final."""
+        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+            return None
+        server = retry_after(response)
+        wait = server if server is not None else 0.5 * 2**attempt * (1 + random.random() / 2)
+        return min(wait, self.max_retry_wait_s)
+
+    @staticmethod
+    def _body(
+        texts: str | list[str],
+        return_chunks: bool,
+        aggregation: Aggregation | None,
+        max_chunks: int | None,
+        top_k_chunks: int | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": texts} if isinstance(texts, str) else {"texts": texts}
+        if return_chunks:
+            body["return_chunks"] = True
+        if aggregation is not None:
+            body["aggregation"] = aggregation
+        if max_chunks is not None:
+            body["max_chunks"] = max_chunks
+        if top_k_chunks is not None:
+            body["top_k_chunks"] = top_k_chunks
+        return body
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise APIError.from_response(response)
+        return response.json()
+
+    @staticmethod
+    def _info(data: dict[str, Any]) -> ServiceInfo:
+        return _build(ServiceInfo, data)
+
+
+class Client(_Base):
+    """Blocking client; one httpx connection pool for its lifetime (use it as a context manager, or close())."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 600.0,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 30.0,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        """`base_url` defaults to $LONGDOC_URL, then http://127.0.0.1:8000.
+
+        `timeout` configures the client's own connection pool; a given `http_client` keeps its own timeouts.
+        """
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait_s)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=self.timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def _request(self, method: str, path: str, json: Any = None, request_id: str | None = None) -> httpx.Response:
+        attempt = 0
+        while True:
+            response = self._http.request(method, self.base_url + path, json=json, headers=self._headers(request_id))
+            delay = self._delay(response, attempt)
+            if delay is None:
+                return response
+            response.close()
+            time.sleep(delay)
+            attempt += 1
+
+    def classify(
+        self,
+        text: str,
+        *,
+        return_chunks: bool = False,
+        aggregation: Aggregation | None = None,
+        max_chunks: int | None = None,
+        top_k_chunks: int | None = None,
+        request_id: str | None = None,
+    ) -> Classification:
+        """Classify one document of any length; `return_chunks` adds the per-chunk explanation."""
+        body = self._body(text, return_chunks, aggregation, max_chunks, top_k_chunks)
+        response = self._request("POST", "/classify", body, request_id)
+        return Classification.from_json(self._json(response), response.headers.get("x-request-id"))
+
+    def classify_many(
+        self,
+        texts: list[str],
+        *,
+        return_chunks: bool = False,
+        aggregation: Aggregation | None = None,
+        max_chunks: int | None = None,
+        top_k_chunks: int | None = None,
+        request_id: str | None = None,
+    ) -> list[Classification]:
+        """Several documents in one request (at most the service's max_texts_per_request), in input order."""
+        body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
+        response = self._request("POST", "/classify", body, request_id)
+        rid = response.headers.get("x-request-id")
+        return [Classification.from_json(r, rid) for r in self._json(response)["results"]]
+
+    def info(self) -> ServiceInfo:
+        return self._info(self._json(self._request("GET", "/info")))
+
+    def ready(self) -> bool:
+        """True when `GET /health` says the model is loaded, warmed up and not draining; False if unreachable."""
+        try:
+            response = self._http.get(self.base_url + "/health", headers=self._headers(None))
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of `Client`; share one instance across tasks so they share its connections."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 600.0,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 30.0,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries, max_retry_wait_s)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def _request(self, method: str, path: str, json: Any = None, request_id: str | None = None) -> httpx.Response:
+        attempt = 0
+        while True:
+            response = await self._http.request(
+                method, self.base_url + path, json=json, headers=self._headers(request_id)
+            )
+            delay = self._delay(response, attempt)
+            if delay is None:
+                return response
+            await response.aclose()
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def classify(
+        self,
+        text: str,
+        *,
+        return_chunks: bool = False,
+        aggregation: Aggregation | None = None,
+        max_chunks: int | None = None,
+        top_k_chunks: int | None = None,
+        request_id: str | None = None,
+    ) -> Classification:
+        body = self._body(text, return_chunks, aggregation, max_chunks, top_k_chunks)
+        response = await self._request("POST", "/classify", body, request_id)
+        return Classification.from_json(self._json(response), response.headers.get("x-request-id"))
+
+    async def classify_many(
+        self,
+        texts: list[str],
+        *,
+        return_chunks: bool = False,
+        aggregation: Aggregation | None = None,
+        max_chunks: int | None = None,
+        top_k_chunks: int | None = None,
+        request_id: str | None = None,
+    ) -> list[Classification]:
+        body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
+        response = await self._request("POST", "/classify", body, request_id)
+        rid = response.headers.get("x-request-id")
+        return [Classification.from_json(r, rid) for r in self._json(response)["results"]]
+
+    async def info(self) -> ServiceInfo:
+        return self._info(self._json(await self._request("GET", "/info")))
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._http.get(self.base_url + "/health", headers=self._headers(None))
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200

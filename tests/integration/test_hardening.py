@@ -1,0 +1,137 @@
+"""Real uvicorn processes: schema fuzzing, overload, and a bounded soak with memory tracking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from tests.conftest import long_text
+from tests.integration.procs import free_port, longdoc_serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def fuzz_url(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("fuzz") / "serve.log"
+    with longdoc_serve(
+        port, log, model_dir=tiny_model_dir, max_document_chars=20_000, max_texts_per_request=8, max_body_bytes=200_000
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_every_operation_conforms_and_never_5xx(fuzz_url: str) -> None:
+    """schemathesis cases for every operation of the app's own OpenAPI schema, with three checks."""
+    api = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert {op.path for op in operations} >= {"/classify", "/health", "/health/live", "/info", "/metrics"}
+    checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case: schemathesis.Case) -> None:
+            case.call_and_validate(base_url=fuzz_url, checks=checks, timeout=60)
+
+        run()
+
+
+def test_overload_answers_200_or_429_and_recovers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with longdoc_serve(
+        port,
+        tmp_path / "overload.log",
+        model_dir=tiny_model_dir,
+        max_queue_chunks=60,
+        max_batch_size=4,
+        max_batch_tokens=256,
+    ):
+
+        async def hammer() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=40)) as client:
+                return list(
+                    await asyncio.gather(
+                        *(client.post("/classify", json={"text": long_text(600, i)}) for i in range(40))
+                    )
+                )
+
+        responses = asyncio.run(hammer())
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) == {200, 429}, statuses
+        for response in responses:
+            if response.status_code == 429:
+                assert int(response.headers["retry-after"]) >= 1
+                assert "max_queue_chunks 60" in response.json()["error"]["message"]
+        after = httpx.post(f"{url}/classify", json={"text": "a normal request afterwards"}, timeout=60)
+        assert after.status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'longdoc_rejected_total{reason="queue_full"}' in metrics or 'reason="no_room"' in metrics
+
+
+def test_bounded_soak_no_5xx_and_flat_memory(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """About two minutes of mixed valid and invalid requests; stops by itself."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    rng = random.Random(0)
+    valid = [long_text(rng.randint(5, 900), seed=i) for i in range(30)]
+    invalid: list[tuple[bytes, str]] = [
+        (b'{"text": ""}', "application/json"),
+        (b"{broken", "application/json"),
+        (b'{"text": 3}', "application/json"),
+        (b'{"text": "x"}', "text/plain"),
+        (b'{"texts": []}', "application/json"),
+    ]
+    statuses: Counter[int] = Counter()
+    with longdoc_serve(port, tmp_path / "soak.log", model_dir=tiny_model_dir, max_document_chars=50_000) as process:
+
+        async def soak(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+                async def worker(seed: int) -> None:
+                    local = random.Random(seed)
+                    while time.monotonic() < deadline:
+                        if local.random() < 0.7:
+                            response = await client.post("/classify", json={"text": local.choice(valid)})
+                        else:
+                            body, content_type = local.choice(invalid)
+                            response = await client.post(
+                                "/classify", content=body, headers={"content-type": content_type}
+                            )
+                        statuses[response.status_code] += 1
+
+                await asyncio.gather(*(worker(i) for i in range(8)))
+
+        asyncio.run(soak(20))  # warm-up: allocator and caches settle
+        before = _rss_mb(process.pid)
+        warm_count = sum(statuses.values())
+        asyncio.run(soak(100))
+        after = _rss_mb(process.pid)
+    total = sum(statuses.values())
+    print(
+        f"soak: {total} requests ({total - warm_count} after warm-up), statuses {dict(statuses)}, "
+        f"RSS {before:.0f} -> {after:.0f} MB"
+    )
+    assert not [s for s in statuses if s >= 500], statuses
+    assert statuses[200] > 100 and set(statuses) <= {200, 400, 415, 422}
+    assert after - before < max(50.0, 0.1 * before), (before, after)

@@ -1,0 +1,108 @@
+"""Pathological text, client disconnects and a dead worker, through the real app in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import FakeEngine
+from tests.service.conftest import ClientFactory
+
+PATHOLOGICAL = {
+    "one_megabyte_word": "x" * 1_000_000,
+    "newlines": "\n" * 100_000 + "end",
+    "controls_and_nul": "start\x00\x01\x02\x1b[31m\x7f middle \ufeff\u200b\u200d end " * 200,
+    "emoji_and_combining": "naïve café 👩‍👩‍👧‍👦 🇺🇸 e\u0301\u0301\u0301 Z\u0351\u0352\u0353 " * 500,
+    "right_to_left": "שלום עולם مرحبا بالعالم " * 400 + "mixed english",
+    "mojibake": "Ã©tÃ© Ã¼ber â€œquotedâ€\x9d Ã±andÃº " * 600,
+    "surrogate_escape_free_cjk": "長文書の分類は難しい。" * 2000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+async def test_pathological_text_classifies_with_valid_offsets(client_factory: ClientFactory, name: str) -> None:
+    text = PATHOLOGICAL[name]
+    async with client_factory() as client:
+        started = time.perf_counter()
+        response = await client.post("/classify", json={"text": text, "return_chunks": True})
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["num_chunks"] == len(body["chunks"]) >= 1
+    for chunk in body["chunks"]:
+        assert 0 <= chunk["start"] < chunk["end"] <= len(text)
+        assert text[chunk["start"] : chunk["end"]].strip()  # a span of real content, not padding
+    assert elapsed < 120  # bounded: not a timing claim, a hang detector
+
+
+async def test_disconnected_client_frees_its_chunks(wordpiece_tokenizer: Any, tiny_model_dir: Any) -> None:
+    """A client that goes away while queued: its chunks leave the queue and never reach the engine."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.4)
+    app = create_app(Settings(model_dir=tiny_model_dir, max_batch_size=1, max_wait_ms=0), engine=engine)
+    zebra = wordpiece_tokenizer.convert_tokens_to_ids("zebra")
+
+    async def call(text: str, disconnect_after_s: float | None) -> list[dict[str, Any]]:
+        body = json.dumps({"text": text}).encode()
+        sent: list[dict[str, Any]] = []
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if disconnect_after_s is None:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(disconnect_after_s or 0)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/classify",
+            "raw_path": b"/classify",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "root_path": "",
+        }
+        await manager.app(scope, receive, send)
+        return sent
+
+    async with LifespanManager(app) as manager:
+        calls_before = len(engine.calls)
+        blocker = asyncio.create_task(call("occupies the engine", None))
+        await asyncio.sleep(0.1)
+        leaver = asyncio.create_task(call("zebra " * 200, 0.1))
+        await asyncio.wait_for(leaver, 10)
+        assert app.state.service.batcher.pending <= 1  # only the blocker's chunk remains
+        sent = await asyncio.wait_for(blocker, 10)
+        assert sent[0]["status"] == 200
+    assert all(zebra not in chunk for call_ in engine.calls[calls_before:] for chunk in call_)
+
+
+async def test_health_turns_503_when_the_worker_dies(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        assert (await client.get("/health")).status_code == 200
+        task = client.app.state.service.batcher._task  # type: ignore[attr-defined]
+        task.cancel()
+        await asyncio.sleep(0.05)
+        response = await client.get("/health")
+        assert response.status_code == 503 and response.json()["error"]["type"] == "not_ready"
+        classify = await client.post("/classify", json={"text": "anything"})
+        assert classify.status_code == 503
+        assert (await client.get("/health/live")).status_code == 200

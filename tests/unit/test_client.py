@@ -1,0 +1,168 @@
+"""longdoc.client against the real app in process, and its retry policy against scripted answers."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from longdoc.cli_classify import format_table
+from longdoc.client import APIError, AsyncClient, Chunk, Classification, Client, LabelScore, retry_after
+from tests.conftest import FakeEngine, long_text
+
+
+def settings(model_dir: Path, **overrides: Any) -> Settings:
+    return Settings(model_dir=model_dir, num_threads=2, **overrides)
+
+
+def test_sync_client_typed_results(tiny_model_dir: Path, fake_engine: FakeEngine) -> None:
+    app = create_app(settings(tiny_model_dir, api_key="s3cret"), engine=fake_engine)
+    text = long_text(200, seed=2)
+    with TestClient(app) as http:
+        with Client("http://testserver", api_key="s3cret", http_client=http) as client:
+            assert client.ready()
+            info = client.info()
+            result = client.classify(text, return_chunks=True, top_k_chunks=2, request_id="req-1")
+            many = client.classify_many(["good good", text], aggregation="max_logits")
+        with pytest.raises(APIError) as refused:
+            Client("http://testserver", http_client=http).classify("no key")
+    assert info.model == "fake" and info.labels == ["negative", "positive"]
+    assert isinstance(result, Classification) and result.request_id == "req-1"
+    assert result.label in info.labels and isinstance(result.scores[0], LabelScore)
+    assert result.chunks is not None and len(result.chunks) == result.num_chunks > 1
+    assert isinstance(result.chunks[0], Chunk) and text[result.chunks[0].start : result.chunks[0].end]
+    assert result.top_chunks is not None and len(result.top_chunks) == 2
+    assert [m.aggregation for m in many] == ["max_logits", "max_logits"] and many[1].chunks is None
+    assert refused.value.status_code == 401 and refused.value.error_type == "unauthorized"
+    assert refused.value.request_id
+
+
+async def test_async_client_waits_out_a_real_429(tiny_model_dir: Path, wordpiece_tokenizer: Any) -> None:
+    """A full queue answers 429 with Retry-After; the client sleeps that long, retries, and succeeds."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.3)
+    app = create_app(settings(tiny_model_dir, max_queue_chunks=12, max_batch_size=2), engine=engine)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = AsyncClient("http://longdoc.test", http_client=http, max_retry_wait_s=10)
+            impatient = AsyncClient("http://longdoc.test", http_client=http, max_retries=0)
+            busy = asyncio.ensure_future(client.classify_many([long_text(80, 1), long_text(80, 2)]))
+            await asyncio.sleep(0.1)
+            with pytest.raises(APIError) as refused:
+                await impatient.classify(long_text(80, 3))
+            started = time.monotonic()
+            result = await client.classify(long_text(80, 3))
+            waited = time.monotonic() - started
+            await busy
+            metrics = (await http.get("http://longdoc.test/metrics")).text
+    assert refused.value.status_code == 429 and refused.value.retry_after_s is not None
+    assert refused.value.retry_after_s >= 1
+    assert result.num_chunks > 1
+    assert waited >= 1.0  # at least one Retry-After of >= 1 s was honoured
+    assert 'longdoc_requests_total{endpoint="/classify",status="429"}' in metrics
+
+
+def scripted(*answers: tuple[int, dict[str, str]]) -> tuple[httpx.MockTransport, list[float]]:
+    """A transport answering with the given (status, headers) in turn, then 200; records call times."""
+    calls: list[float] = []
+    body = {
+        "label": "positive",
+        "score": 0.9,
+        "scores": [{"label": "positive", "score": 0.9}],
+        "num_chunks": 1,
+        "num_tokens": 3,
+        "aggregation": "mean_logits",
+        "model": "m",
+        "future_field": 1,
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) <= len(answers):
+            status, headers = answers[len(calls) - 1]
+            return httpx.Response(status, headers=headers, json={"error": {"type": "overloaded", "message": "busy"}})
+        return httpx.Response(200, json=body)
+
+    return httpx.MockTransport(handle), calls
+
+
+def gaps(calls: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(calls)]
+
+
+def test_retry_after_seconds_is_honoured() -> None:
+    transport, calls = scripted((503, {"Retry-After": "1"}), (429, {"Retry-After": "0"}))
+    with Client("http://x", http_client=httpx.Client(transport=transport)) as client:
+        result = client.classify("text")
+    assert result.label == "positive" and len(calls) == 3
+    assert gaps(calls)[0] >= 1.0 and gaps(calls)[1] < 0.5
+
+
+def test_retry_waits_are_bounded_and_retries_run_out() -> None:
+    transport, calls = scripted(*[(429, {"Retry-After": "3600"})] * 5)
+    client = Client("http://x", http_client=httpx.Client(transport=transport), max_retries=2, max_retry_wait_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(APIError) as refused:
+        client.classify("text")
+    assert time.monotonic() - started < 2 and len(calls) == 3
+    assert all(g >= 0.2 for g in gaps(calls))
+    assert refused.value.status_code == 429 and refused.value.retry_after_s == 3600
+
+
+def test_other_errors_are_not_retried() -> None:
+    transport, calls = scripted((422, {}))
+    with pytest.raises(APIError) as refused:
+        Client("http://x", http_client=httpx.Client(transport=transport)).classify("text")
+    assert refused.value.status_code == 422 and len(calls) == 1
+
+
+async def test_async_retry_without_retry_after_backs_off() -> None:
+    transport, calls = scripted((503, {}))
+    async with httpx.AsyncClient(transport=transport) as http:
+        result = await AsyncClient("http://x", http_client=http).classify("text")
+    assert result.score == 0.9 and len(calls) == 2 and gaps(calls)[0] >= 0.5
+
+
+def http_date(offset_s: float) -> str:
+    return email.utils.formatdate(time.time() + offset_s, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (lambda: "7", lambda s: s == 7),
+        (lambda: http_date(30), lambda s: 25 <= s <= 31),
+        (lambda: http_date(-30), lambda s: s == 0),
+        (lambda: "soon", lambda s: s is None),
+    ],
+)
+def test_retry_after_parsing(value: Callable[[], str], expected: Callable[[float | None], bool]) -> None:
+    assert expected(retry_after(httpx.Response(429, headers={"Retry-After": value()})))
+
+
+def test_cli_table_lists_results_and_errors() -> None:
+    ok = Classification(
+        label="hyperpartisan",
+        score=0.93125,
+        scores=[],
+        num_chunks=3,
+        num_tokens=1401,
+        aggregation="mean_logits",
+        model="m",
+    )
+    table = format_table([("long/report.txt", ok), ("b.txt", APIError(413, "payload_too_large", "too big"))])
+    lines = table.splitlines()
+    assert lines[0].split() == ["FILE", "LABEL", "SCORE", "CHUNKS", "TOKENS"]
+    assert lines[1].split() == ["long/report.txt", "hyperpartisan", "0.931", "3", "1401"]
+    assert lines[2].startswith("b.txt") and "payload_too_large: too big" in lines[2]

@@ -1,0 +1,193 @@
+"""Chunk-aware training, the eval CLI and the data loader, on small synthetic data (seconds, CPU)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from app.aggregate import Aggregation
+from app.cli import main as cli_main
+from app.segmenter import Segmenter
+from app.training.data import DataError, Example, load_examples
+from app.training.evaluate import FIRST_WINDOW, evaluate_records, predict_examples, write_records
+from app.training.pipeline import stratified_folds
+from app.training.train import TrainConfig, encode_docs, train_model
+from tests.conftest import build_tiny_bert
+
+FILLER = [
+    "the",
+    "a",
+    "of",
+    "house",
+    "river",
+    "city",
+    "table",
+    "window",
+    "green",
+    "small",
+    "road",
+    "tree",
+    "stone",
+    "cloud",
+    "light",
+    "paper",
+]
+
+
+def late_keyword_corpus(n: int, seed: int) -> list[Example]:
+    """~90-word documents whose label is decided by a word in the last 15 words only."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        label = "zebra" if i % 2 == 0 else "giraffe"
+        words = [rng.choice(FILLER) for _ in range(90)]
+        words[rng.randrange(75, 90)] = label
+        examples.append(Example(text=" ".join(words), label=label))
+    return examples
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("base"))
+
+
+def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path) -> None:
+    train, test = late_keyword_corpus(48, seed=1), late_keyword_corpus(40, seed=2)
+    labels = ["giraffe", "zebra"]
+    config = TrainConfig(
+        max_length=32,
+        stride=0,
+        aggregation=Aggregation.MAX_LOGITS,
+        epochs=6,
+        learning_rate=3e-3,
+        docs_per_step=8,
+        max_chunks_per_doc=8,
+        warmup_ratio=0.0,
+        seed=0,
+        num_threads=2,
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    docs = encode_docs(Segmenter(tokenizer, 32, 0), train, {label: i for i, label in enumerate(labels)})
+    assert all(len(d.chunks) >= 3 for d in docs)  # the keyword is never in the first window
+    result = train_model(tiny_base, labels, docs, config, progress=False)
+    records = predict_examples(result.model, tokenizer, test, labels, 32, [0])
+    report = evaluate_records(records)["strides"]["0"]["strategies"]
+    assert report["max_logits"]["all"]["accuracy"] >= 0.9
+    assert report[FIRST_WINDOW]["all"]["accuracy"] <= 0.6
+
+
+def test_training_is_deterministic_with_a_seed(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    data = late_keyword_corpus(16, seed=3)
+    docs = encode_docs(Segmenter(tokenizer, 32, 4), data, {"giraffe": 0, "zebra": 1})
+    config = TrainConfig(max_length=32, stride=4, epochs=1, docs_per_step=4, seed=5, num_threads=1)
+    first = train_model(tiny_base, ["giraffe", "zebra"], docs, config, progress=False)
+    second = train_model(tiny_base, ["giraffe", "zebra"], docs, config, progress=False)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def _records_file(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    rng = random.Random(0)
+    records = []
+    for i in range(30):
+        chunks = rng.randint(1, 4)
+        records.append(
+            {
+                "fold": i % 3,
+                "stride": 8,
+                "label": rng.choice(["neg", "pos"]),
+                "labels": ["neg", "pos"],
+                "num_tokens": 10 * chunks,
+                "token_counts": [rng.randint(1, 30) for _ in range(chunks)],
+                "chunk_logits": [[rng.gauss(0, 2), rng.gauss(0, 2)] for _ in range(chunks)],
+            }
+        )
+    path = tmp_path / "predictions.jsonl"
+    write_records(path, records)
+    return path, records
+
+
+def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    path, records = _records_file(tmp_path)
+    out = tmp_path / "report.json"
+    assert cli_main(["eval", "--predictions", str(path), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["strides"]["8"]["strategies"]
+    assert "mean_logits" in capsys.readouterr().out
+    y_true = [0 if r["label"] == "neg" else 1 for r in records]
+    mean_pred = [int(torch.tensor(r["chunk_logits"]).mean(0).argmax()) for r in records]
+    max_pred = [int(torch.tensor(r["chunk_logits"]).max(0).values.argmax()) for r in records]
+    first_pred = [int(torch.tensor(r["chunk_logits"][0]).argmax()) for r in records]
+    for strategy, pred in (("mean_logits", mean_pred), ("max_logits", max_pred), (FIRST_WINDOW, first_pred)):
+        block = report[strategy]["all"]
+        assert block["accuracy"] == pytest.approx(accuracy_score(y_true, pred))
+        assert block["macro_f1"] == pytest.approx(f1_score(y_true, pred, average="macro"))
+        assert block["confusion_matrix"] == confusion_matrix(y_true, pred, labels=[0, 1]).tolist()
+        precision, recall, _, _ = precision_recall_fscore_support(y_true, pred, labels=[0, 1], zero_division=0)
+        assert block["per_class"]["pos"]["precision"] == pytest.approx(precision[1])
+        assert block["per_class"]["neg"]["recall"] == pytest.approx(recall[0])
+        multi = [i for i, r in enumerate(records) if len(r["chunk_logits"]) > 1]
+        assert report[strategy]["multi_window"]["n"] == len(multi)
+        assert report[strategy]["multi_window"]["accuracy"] == pytest.approx(
+            accuracy_score([y_true[i] for i in multi], [pred[i] for i in multi])
+        )
+        fold_acc = [
+            accuracy_score([y_true[i] for i in range(30) if i % 3 == f], [pred[i] for i in range(30) if i % 3 == f])
+            for f in range(3)
+        ]
+        assert report[strategy]["folds"]["accuracy"] == pytest.approx(fold_acc)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": "broken"\n', "bad.jsonl:2: not valid JSON"),
+        ("nolabel.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n', "nolabel.jsonl:3: 'label'"),
+        ("empty.jsonl", '{"text": "  ", "label": "a"}\n', "empty.jsonl:1: 'text' must be a non-empty"),
+        ("array.jsonl", "[1, 2]\n", "array.jsonl:1: expected a JSON object"),
+        ("cols.csv", "body,label\nx,a\n", "cols.csv:1: header lacks column(s) ['text']"),
+        ("rows.csv", 'text,label\n"fine",a\n"",b\n', "rows.csv:3: 'text' must be a non-empty"),
+    ],
+)
+def test_bad_data_files_name_the_line(tmp_path: Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as error:
+        load_examples(path)
+    assert message in str(error.value)
+
+
+def test_train_cli_stops_before_training_on_a_bad_line(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "fine", "label": "a"}\nnot json\n', encoding="utf-8")
+    code = cli_main(["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "train.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_csv_and_jsonl_load_the_same_examples(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"text": "a, \\"quoted\\"\\nline", "label": "x"}\n', encoding="utf-8")
+    (tmp_path / "d.csv").write_text('text,label\n"a, ""quoted""\nline",x\n', encoding="utf-8")
+    assert load_examples(tmp_path / "d.jsonl") == load_examples(tmp_path / "d.csv")
+
+
+def test_stratified_folds_balance_labels() -> None:
+    labels = ["a"] * 10 + ["b"] * 5
+    folds = stratified_folds(labels, 5, seed=0)
+    for fold in range(5):
+        members = [label for label, f in zip(labels, folds, strict=True) if f == fold]
+        assert members.count("a") == 2 and members.count("b") == 1
