@@ -117,7 +117,17 @@ class LoadedModel:
         return self.device.type
 
     def forward(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits (chunks, labels) as float32 on the CPU; runs under inference_mode."""
+        """Logits (chunks, labels) as float32 on the CPU; runs under inference_mode.
+
+        Dynamic int8 quantization scales activations by the range of the whole input tensor, so in a
+        padded batch a chunk's logits would depend on its neighbours; int8 therefore runs chunk by chunk
+        (on a CPU, batching buys little throughput anyway) to keep results batch-independent.
+        """
+        if self.quantization == "int8" and len(chunks) > 1:
+            return torch.cat([self._forward_padded(chunks[i : i + 1]) for i in range(len(chunks))])
+        return self._forward_padded(chunks)
+
+    def _forward_padded(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
         input_ids, attention_mask = pad_chunks(chunks, self.pad_id)
         non_blocking = self.device.type == "cuda"
         if non_blocking:
