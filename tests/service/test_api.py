@@ -367,3 +367,17 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_model_d
     assert settings.max_batch_tokens == 4096
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert json.loads(settings.model_dump_json())["api_key"] is None
+
+
+async def test_cors_is_off_by_default_and_on_for_listed_origins(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async with client_factory(engine=fake_engine) as client:
+        response = await client.options("/classify", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    async with client_factory(engine=FakeEngine(fake_engine.tokenizer), cors_origins=["https://app.example"]) as client:
+        response = await client.options("/classify", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        other = await client.options("/classify", headers={**preflight, "Origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"
