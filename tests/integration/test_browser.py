@@ -94,7 +94,7 @@ def test_demo_page_explains_a_long_document(browser: Any, tmp_path: Path, tiny_m
     document.write_text(text, encoding="utf-8")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with longdoc_serve(port, tmp_path / "serve.log", model_dir=model_dir(tiny_model_dir), api_key=API_KEY):
+    with longdoc_serve(port, tmp_path / "serve.log", model_dir=model_dir(tiny_model_dir), api_key=API_KEY, stride=32):
         expected = httpx.post(
             f"{url}/classify", json={"text": text}, headers={"X-API-Key": API_KEY}, timeout=600
         ).json()
@@ -131,7 +131,7 @@ def test_demo_page_explains_a_long_document(browser: Any, tmp_path: Path, tiny_m
         )
         n = expected["num_chunks"]
         assert n > 100 and n <= page["spans"] <= 2 * n + 1  # cut at chunk boundaries, not per token
-        assert page["shaded"] >= n and page["overlaps"] == n - 1  # stride > 0: every neighbour pair overlaps
+        assert page["shaded"] >= n and page["overlaps"] == n - 1  # served with stride 32: every neighbour pair overlaps
         assert page["textLength"] == len(text.encode("utf-16-le")) // 2  # the whole text, nothing lost
         assert page["renderMs"] < 5000 and page["topChunks"] == 5
 
