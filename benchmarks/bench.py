@@ -147,6 +147,21 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    """Poll /health until 200; fail at once if the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode} before it was healthy")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not healthy after {timeout_s} s")
+
+
 class ServiceProcess:
     """A real `longdoc serve` on a free loopback port; stopped by PID when done."""
 
@@ -173,17 +188,7 @@ class ServiceProcess:
             stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"longdoc serve exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("service did not become healthy")
+        wait_until_healthy(self.url, self.process, timeout_s=300)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -32,7 +32,7 @@ from app.training.evaluate import (
     predict_examples,
     write_records,
 )
-from app.training.train import TrainConfig, encode_docs, load_base_model, train_model
+from app.training.train import EncodedDoc, TrainConfig, encode_docs, load_base_model, train_model
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,33 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     return summary
 
 
+def _fit_and_predict(
+    options: PipelineOptions,
+    config: TrainConfig,
+    train_docs: Sequence[EncodedDoc],
+    held_out: Sequence[Example],
+    labels: list[str],
+    tokenizer: Any,
+    strides: Sequence[int],
+    description: str,
+    fold: int,
+) -> tuple[list[dict[str, Any]], float]:
+    """Train one model with `config` and return its prediction records on `held_out` (and training seconds)."""
+    result = train_model(
+        options.base_model, labels, train_docs, config, progress=options.progress, description=description
+    )
+    records = predict_examples(
+        result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
+    )
+    return records, result.seconds
+
+
+def _accuracies(records: list[dict[str, Any]], stride: int) -> dict[str, float]:
+    """Accuracy of every strategy over the records made at `stride`."""
+    report = evaluate_records([r for r in records if r["stride"] == stride])
+    return {s: b["all"]["accuracy"] for s, b in report["strides"][str(stride)]["strategies"].items()}
+
+
 def _cross_validate(
     options: PipelineOptions,
     examples: Sequence[Example],
@@ -151,28 +178,21 @@ def _cross_validate(
     for fold in range(options.k_fold):
         train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
         held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
-        result = train_model(
-            options.base_model,
-            labels,
-            encode_docs(segmenter, train_examples, label2id),
+        fold_records, seconds = _fit_and_predict(
+            options,
             config,
-            progress=options.progress,
-            description=f"fold {fold + 1}/{options.k_fold}",
-        )
-        fold_records = predict_examples(
-            result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
+            encode_docs(segmenter, train_examples, label2id),
+            held_out,
+            labels,
+            tokenizer,
+            strides,
+            f"fold {fold + 1}/{options.k_fold}",
+            fold,
         )
         records.extend(fold_records)
         write_records(options.output / CV_PREDICTIONS_FILE, records)  # progress survives an interruption
-        blocks = evaluate_records([r for r in fold_records if r["stride"] == config.stride])["strides"][
-            str(config.stride)
-        ]["strategies"]
-        log.info(
-            "fold %d: %s (%.0f s)",
-            fold + 1,
-            {s: round(b["all"]["accuracy"], 4) for s, b in blocks.items()},
-            result.seconds,
-        )
+        accuracies = {s: round(a, 4) for s, a in _accuracies(fold_records, config.stride).items()}
+        log.info("fold %d: %s (%.0f s)", fold + 1, accuracies, seconds)
     report = evaluate_records(records)
     stride, aggregation = best_setting(report)
     report["chosen"] = {"stride": stride, "aggregation": aggregation}
@@ -200,27 +220,14 @@ def _seed_spread(
     config = options.config
     train_examples = [e for e, f in zip(examples, folds, strict=True) if f != 0]
     held_out = [e for e, f in zip(examples, folds, strict=True) if f == 0]
-    first = evaluate_records([r for r in fold_records if r["stride"] == config.stride])
-    runs: dict[str, Any] = {
-        str(config.seed): {
-            s: b["all"]["accuracy"] for s, b in first["strides"][str(config.stride)]["strategies"].items()
-        }
-    }
+    runs: dict[str, Any] = {str(config.seed): _accuracies(fold_records, config.stride)}
+    train_docs = encode_docs(segmenter, train_examples, label2id)
     for seed in range(config.seed + 1, config.seed + options.seed_spread):
         seeded = TrainConfig(**{**config.as_dict(), "seed": seed, "aggregation": config.aggregation})
-        result = train_model(
-            options.base_model,
-            labels,
-            encode_docs(segmenter, train_examples, label2id),
-            seeded,
-            progress=options.progress,
-            description=f"seed {seed} fold 1",
+        records, _ = _fit_and_predict(
+            options, seeded, train_docs, held_out, labels, tokenizer, [config.stride], f"seed {seed} fold 1", 0
         )
-        records = predict_examples(
-            result.model, tokenizer, held_out, labels, config.max_length, [config.stride], fold=0, seed=seed
-        )
-        blocks = evaluate_records(records)["strides"][str(config.stride)]["strategies"]
-        runs[str(seed)] = {s: b["all"]["accuracy"] for s, b in blocks.items()}
+        runs[str(seed)] = _accuracies(records, config.stride)
     spread = {}
     for strategy in next(iter(runs.values())):
         values = [run[strategy] for run in runs.values()]

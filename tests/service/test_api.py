@@ -272,10 +272,12 @@ async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFac
     async with client_factory(
         engine=engine, request_timeout_s=0.3, drain_timeout_s=5, max_batch_size=1, max_wait_ms=0
     ) as client:
-        first, second = await asyncio.gather(
-            client.post("/classify", json={"text": "occupies the engine"}),
-            client.post("/classify", json={"text": "zebra " * 100}),
-        )
+
+        async def later(delay_s: float, text: str) -> httpx.Response:
+            await asyncio.sleep(delay_s)  # the first request must hold the engine before the zebras queue
+            return await client.post("/classify", json={"text": text})
+
+        first, second = await asyncio.gather(later(0, "occupies the engine"), later(0.1, "zebra " * 100))
         await asyncio.sleep(1.2)
     assert {first.status_code, second.status_code} == {504}
     assert_error(second, 504, "deadline_exceeded", "request_timeout_s 0.3")
