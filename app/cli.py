@@ -31,9 +31,11 @@ def _train(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         stride=args.stride,
         aggregation=Aggregation(args.aggregation),
+        pooling=args.pooling,
         loss=args.loss,
         epochs=args.epochs,
         learning_rate=args.lr,
+        head_learning_rate=args.head_lr,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
         docs_per_step=args.docs_per_step,
@@ -55,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_name=str(args.data),
         skip_final=args.skip_final,
+        eval_int8=args.eval_int8,
     )
     try:
         summary = run_pipeline(options)
@@ -86,11 +89,19 @@ def _eval(args: argparse.Namespace) -> int:
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        loaded = load_model(args.model, device="cpu")
+        loaded = load_model(args.model, device="cpu", quantize=args.quantize)
         meta = read_model_metadata(args.model)
         max_length = args.max_length or int(meta.get("max_length", 512))
         strides = args.strides or [int(meta.get("stride", 0))]
-        records = predict_examples(loaded.model, loaded.tokenizer, examples, loaded.labels, max_length, strides)
+        records = predict_examples(
+            loaded.model,
+            loaded.tokenizer,
+            examples,
+            loaded.labels,
+            max_length,
+            strides,
+            max_batch_tokens=0 if args.quantize == "int8" else 16384,  # int8 serves chunk by chunk
+        )
     report = evaluate_records(records)
     print(format_report(report))
     if args.json:
@@ -105,6 +116,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
         options.short, options.medium, options.long, options.real = 3, 1, 0, 2
         options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
+        options.profile_windows = 2
     if args.results_dir:
         options.results_dir = args.results_dir
     options.report = args.report
@@ -135,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean_logits",
         choices=["mean_logits", "max_logits", "mean_probs", "weighted_mean_logits"],
     )
+    train.add_argument(
+        "--pooling", default="cls", choices=["cls", "mean"], help="head input: [CLS] pooler or mean of token states"
+    )
     train.add_argument("--loss", default="document", choices=["document", "chunk"])
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--head-lr", type=float, default=None, help="learning rate of the new head (default: --lr)")
     train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument("--warmup-ratio", type=float, default=0.1)
     train.add_argument("--docs-per-step", type=int, default=8)
@@ -149,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--skip-final", action="store_true", help="only cross-validate an existing --output model")
+    train.add_argument(
+        "--eval-int8", action="store_true", help="also score each fold model as int8 (cv_predictions_int8.jsonl)"
+    )
 
     from app.settings import BUNDLED_MODEL
 
@@ -170,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", type=Path, default=None, help="stored chunk-logit records (JSONL)")
     evaluate.add_argument("--max-length", type=int, default=None)
     evaluate.add_argument("--strides", type=int, nargs="*", default=None)
+    evaluate.add_argument("--quantize", default="none", choices=["none", "int8"], help="score the model as served int8")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     return parser
 

@@ -19,6 +19,54 @@ log = logging.getLogger(__name__)
 
 MODEL_METADATA_FILE = "longdoc.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+Pooling = Literal["cls", "mean"]
+POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
+
+
+class MeanPooledClassifier(torch.nn.Module):
+    """A BERT-style sequence classifier whose head reads the masked mean of the last hidden states.
+
+    Sentence encoders such as all-MiniLM-L6-v2 were trained for mean pooling, not for the [CLS] pooler, so
+    their token mean is the better input for a new head. The weights stay a standard
+    `*ForSequenceClassification` checkpoint (its pooler is simply unused); `longdoc.json` records
+    `"pooling": "mean"` so serving, evaluation and training all build the same network.
+    """
+
+    def __init__(self, classifier: Any) -> None:
+        super().__init__()
+        head, dropout = getattr(classifier, "classifier", None), getattr(classifier, "dropout", None)
+        if not isinstance(head, torch.nn.Linear) or not isinstance(dropout, torch.nn.Module):
+            raise ValueError(
+                f"pooling 'mean' needs a BERT-style head (dropout then one Linear classifier); "
+                f"{type(classifier).__name__} has another, use pooling 'cls'"
+            )
+        self.inner = classifier
+
+    @property
+    def base_model(self) -> Any:
+        return self.inner.base_model
+
+    @property
+    def config(self) -> Any:
+        return self.inner.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return SequenceClassifierOutput(logits=self.inner.classifier(self.inner.dropout(pooled)))
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
+        self.inner.save_pretrained(*args, **kwargs)
+
+
+def with_pooling(classifier: Any, pooling: str) -> Any:
+    """The classifier as trained: its own [CLS] head for 'cls', wrapped for 'mean'."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return MeanPooledClassifier(classifier) if pooling == "mean" else classifier
 
 
 def pad_chunks(chunks: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +189,12 @@ class LoadedModel:
         return result
 
 
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every Linear layer (CPU): weights int8, activations scaled per tensor."""
+    quantize_dynamic: Any = torch.ao.quantization.quantize_dynamic
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def load_model(
     model_dir: Path,
     device: Literal["auto", "cpu", "cuda"] = "auto",
@@ -163,13 +217,16 @@ def load_model(
         raise ValueError("quantize=int8 needs dtype float32 (the quantized Linear layers compute in fp32)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, use_fast=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
+    metadata = read_model_metadata(model_dir)
+    model = with_pooling(
+        AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
+        ),
+        str(metadata.get("pooling", "cls")),
     )
     model.eval()
     if quantize == "int8":
-        quantize_dynamic: Any = torch.ao.quantization.quantize_dynamic
-        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_int8(model)
     model.to(torch_device)
     labels = [str(config.id2label[i]) for i in range(config.num_labels)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -185,7 +242,7 @@ def load_model(
         quantization=quantize,
         name=model_dir.resolve().name,
         revision=weights_revision(model_dir),
-        metadata=read_model_metadata(model_dir),
+        metadata=metadata,
     )
 
 

@@ -27,6 +27,7 @@ import torch
 from app.model import LoadedModel, load_model, read_model_metadata
 from app.segmenter import Segmenter
 from app.settings import BUNDLED_MODEL, available_cpus
+from benchmarks.profile import profile_engines, report_lines
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_DATA = REPO / "data" / "hyperpartisan" / "train.jsonl"
@@ -44,6 +45,7 @@ class BenchOptions:
     fairness_long: int = 8
     fairness_short: int = 24
     int8: bool = True
+    profile_windows: int = 16
     seed: int = 0
     results_dir: Path = REPO / "benchmarks" / "results"
     report: Path | None = REPO / "docs" / "benchmarks.md"
@@ -287,6 +289,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     model = load_model(options.model_dir, device="cpu")
     segmenter = Segmenter(model.tokenizer, int(meta.get("max_length", 512)), int(meta.get("stride", 0)))
     docs = build_corpus(segmenter, options)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     log(f"corpus: {len(docs)} documents, {sum(d.chunk_tokens for d in docs):,} chunk tokens; threads {threads}")
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -301,13 +304,20 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     log("engine-only ceiling (fp32):")
     result["ceiling"] = engine_ceiling(model, segmenter, docs, options.budgets, log)
     budget = result["ceiling"]["best_budget"]
+    int8 = None
     if options.int8:
         log("engine-only ceiling (int8):")
         int8 = load_model(options.model_dir, device="cpu", quantize="int8")
         result["ceiling_int8"] = engine_ceiling(int8, segmenter, docs, [budget], log)
         result["int8_speedup"] = result["ceiling_int8"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
-        del int8
-    del model
+    log("profile (torch.profiler):")
+    options.results_dir.mkdir(parents=True, exist_ok=True)
+    windows = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]
+    windows = ([w for w in windows if len(w) == segmenter.max_length] or windows)[: options.profile_windows]
+    result["profile"] = profile_engines(model, int8, windows, options.results_dir, stamp)
+    for name, run in result["profile"].items():
+        log(f"  {name}: {run['ms_per_window']:.1f} ms per window, top op {run['top_ops'][0]['op']}")
+    del int8, model
     service = ServiceProcess(options.model_dir, threads, max_batch_tokens=budget, max_wait_ms=5)
     try:
         result["service"] = []
@@ -339,8 +349,6 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         log(f"  batching off c={concurrency}: {run['tokens_per_s']:,.0f} tokens/s p50 {run['p50_s']:.2f}s")
     finally:
         naive.stop()
-    options.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     (options.results_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if options.report is not None:
         write_report(result, options.report)
@@ -394,6 +402,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "",
         f"Service resident memory after the runs: {result['service_rss_mb']:.0f} MB.",
         "",
+        *_profile_section(result),
         "![throughput and p99 against concurrency](benchmarks.png)",
         "",
     ]
@@ -403,6 +412,18 @@ def write_report(result: dict[str, Any], path: Path) -> None:
     notes = previous.split(marker, 1)[1] if marker in previous else ""
     path.write_text("\n".join(lines) + "\n" + marker + notes, encoding="utf-8")
     _plot(result, path.with_suffix(".png"))
+
+
+def _profile_section(result: dict[str, Any]) -> list[str]:
+    if "profile" not in result:
+        return []
+    return [
+        "Profile of the forward pass (torch.profiler, the same full-length windows in each configuration; "
+        "Chrome trace of the batched fp32 run in `benchmarks/results/profile-*-fp32.json`):",
+        "",
+        *report_lines(result["profile"]),
+        "",
+    ]
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:

@@ -27,6 +27,35 @@ def _metrics_table(report: dict[str, Any], stride: str) -> list[str]:
     return rows
 
 
+def _pooling_note(pooling: str) -> list[str]:
+    if pooling != "mean":
+        return []
+    return [
+        "",
+        "The head reads the mean of the last hidden states (the pooling all-MiniLM-L6-v2 was trained for), "
+        "not the [CLS] pooler: the weights are a standard `BertForSequenceClassification` checkpoint whose pooler "
+        "is unused. longdoc (`app.model.load_model`) reads `pooling` from `longdoc.json`; a plain "
+        "`AutoModelForSequenceClassification` would apply the [CLS] pooler and give different scores.",
+    ]
+
+
+def _int8_lines(cv: dict[str, Any], stride: str, aggregation: str) -> list[str]:
+    """fp32 against int8 (the service's `LONGDOC_QUANTIZE=int8`) on the same fold models, same folds."""
+    int8 = cv.get("int8", {}).get("strides", {}).get(stride)
+    if not int8:
+        return []
+    fp32_block = cv["strides"][stride]["strategies"][aggregation]["all"]
+    int8_block = int8["strategies"][aggregation]["all"]
+    return [
+        "",
+        f"int8 dynamic quantization (each fold model quantized as `LONGDOC_QUANTIZE=int8` serves it, "
+        f"out-of-fold predictions in `cv_predictions_int8.jsonl`), stride {stride}, `{aggregation}`: "
+        f"accuracy {int8_block['accuracy']:.3f} / macro-F1 {int8_block['macro_f1']:.3f} against fp32 "
+        f"{fp32_block['accuracy']:.3f} / {fp32_block['macro_f1']:.3f} "
+        f"({100 * (int8_block['accuracy'] - fp32_block['accuracy']):+.1f} points accuracy).",
+    ]
+
+
 def _fold_count(report: dict[str, Any]) -> int:
     entry = next(iter(report["strides"].values()))
     return len(entry["strategies"][FIRST_WINDOW].get("folds", {}).get("accuracy", []))
@@ -65,7 +94,9 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "",
         "## Serving defaults (`longdoc.json`)",
         f"max_length {serving['max_length']}, stride {serving['stride']}, aggregation "
-        f"`{serving['aggregation']}` (chosen on the out-of-fold predictions below).",
+        f"`{serving['aggregation']}` (chosen on the out-of-fold predictions below), pooling "
+        f"`{serving.get('pooling', 'cls')}`.",
+        *_pooling_note(serving.get("pooling", "cls")),
         "",
     ]
     cv = summary.get("cv")
@@ -91,6 +122,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
             lines.append(
                 f"| {other} | " + " | ".join(f"{b['all']['accuracy']:.3f}" for b in entry["strategies"].values()) + " |"
             )
+        lines += _int8_lines(cv, stride, serving["aggregation"])
         spread = cv.get("seed_spread")
         if spread:
             lines += ["", f"Seed spread (fold 1 retrained with seeds {list(spread['accuracy_by_seed'])}):", ""]

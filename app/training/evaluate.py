@@ -178,9 +178,14 @@ def predict_examples(
     labels: Sequence[str],
     max_length: int,
     strides: Sequence[int],
+    *,
+    max_batch_tokens: int = 16384,
     **tags: Any,
 ) -> list[dict[str, Any]]:
-    """Run a model over labelled examples at each stride and return prediction records."""
+    """Run a model over labelled examples at each stride and return prediction records.
+
+    `max_batch_tokens=0` runs one chunk per forward pass, as the service runs an int8 model.
+    """
     label2id = {label: i for i, label in enumerate(labels)}
     unknown = sorted({e.label for e in examples} - set(label2id))
     if unknown:
@@ -189,6 +194,6 @@ def predict_examples(
     pad_id = int(tokenizer.pad_token_id or 0)
     for stride in strides:
         docs = encode_docs(Segmenter(tokenizer, max_length, stride), examples, label2id)
-        logits = predict_chunk_logits(model, docs, pad_id)
+        logits = predict_chunk_logits(model, docs, pad_id, max_batch_tokens)
         records.extend(prediction_records(docs, logits, labels, stride=stride, max_length=max_length, **tags))
     return records

@@ -8,6 +8,7 @@ never on a test set.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from app.model import quantize_int8
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
 from app.training.data import DataError, Example, load_examples
@@ -37,6 +39,7 @@ from app.training.train import EncodedDoc, TrainConfig, encode_docs, load_base_m
 log = logging.getLogger(__name__)
 
 CV_PREDICTIONS_FILE = "cv_predictions.jsonl"
+CV_INT8_PREDICTIONS_FILE = "cv_predictions_int8.jsonl"
 CV_REPORT_FILE = "cv_report.json"
 SUMMARY_FILE = "training_summary.json"
 
@@ -53,6 +56,7 @@ class PipelineOptions:
     progress: bool = True
     data_name: str = ""
     skip_final: bool = False
+    eval_int8: bool = False
 
 
 def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
@@ -111,6 +115,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
                 "max_length": config.max_length,
                 "stride": config.stride,
                 "aggregation": str(config.aggregation),
+                "pooling": config.pooling,
                 "threshold": 0.5,
             },
         }
@@ -144,15 +149,22 @@ def _fit_and_predict(
     strides: Sequence[int],
     description: str,
     fold: int,
-) -> tuple[list[dict[str, Any]], float]:
-    """Train one model with `config` and return its prediction records on `held_out` (and training seconds)."""
+    int8: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """Train one model with `config`; its prediction records on `held_out` in fp32 and, with `int8`, as the
+    service's int8 mode computes them (quantized copy, one chunk per forward); and the training seconds."""
     result = train_model(
         options.base_model, labels, train_docs, config, progress=options.progress, description=description
     )
-    records = predict_examples(
-        result.model, tokenizer, held_out, labels, config.max_length, strides, fold=fold, seed=config.seed
-    )
-    return records, result.seconds
+    tags = {"fold": fold, "seed": config.seed}
+    records = predict_examples(result.model, tokenizer, held_out, labels, config.max_length, strides, **tags)
+    int8_records = []
+    if int8:
+        quantized = quantize_int8(copy.deepcopy(result.model))
+        int8_records = predict_examples(
+            quantized, tokenizer, held_out, labels, config.max_length, strides, max_batch_tokens=0, **tags
+        )
+    return records, int8_records, result.seconds
 
 
 def _accuracies(records: list[dict[str, Any]], stride: int) -> dict[str, float]:
@@ -174,11 +186,12 @@ def _cross_validate(
     strides = sorted(set(options.eval_strides) | {config.stride})
     folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
     records: list[dict[str, Any]] = []
+    int8_records: list[dict[str, Any]] = []
     started = time.perf_counter()
     for fold in range(options.k_fold):
         train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
         held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
-        fold_records, seconds = _fit_and_predict(
+        fold_records, fold_int8, seconds = _fit_and_predict(
             options,
             config,
             encode_docs(segmenter, train_examples, label2id),
@@ -188,14 +201,20 @@ def _cross_validate(
             strides,
             f"fold {fold + 1}/{options.k_fold}",
             fold,
+            options.eval_int8,
         )
         records.extend(fold_records)
+        int8_records.extend(fold_int8)
         write_records(options.output / CV_PREDICTIONS_FILE, records)  # progress survives an interruption
+        if int8_records:
+            write_records(options.output / CV_INT8_PREDICTIONS_FILE, int8_records)
         accuracies = {s: round(a, 4) for s, a in _accuracies(fold_records, config.stride).items()}
         log.info("fold %d: %s (%.0f s)", fold + 1, accuracies, seconds)
     report = evaluate_records(records)
     stride, aggregation = best_setting(report)
     report["chosen"] = {"stride": stride, "aggregation": aggregation}
+    if int8_records:
+        report["int8"] = evaluate_records(int8_records)
     report["cv_seconds"] = time.perf_counter() - started
     if options.seed_spread > 1:
         report["seed_spread"] = _seed_spread(
@@ -224,7 +243,7 @@ def _seed_spread(
     train_docs = encode_docs(segmenter, train_examples, label2id)
     for seed in range(config.seed + 1, config.seed + options.seed_spread):
         seeded = TrainConfig(**{**config.as_dict(), "seed": seed, "aggregation": config.aggregation})
-        records, _ = _fit_and_predict(
+        records, _, _ = _fit_and_predict(
             options, seeded, train_docs, held_out, labels, tokenizer, [config.stride], f"seed {seed} fold 1", 0
         )
         runs[str(seed)] = _accuracies(records, config.stride)

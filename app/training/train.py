@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from app.aggregate import Aggregation, aggregate
-from app.model import pad_chunks
+from app.model import Pooling, pad_chunks, with_pooling
 from app.segmenter import Segmenter
 from app.training.data import Example
 
@@ -35,9 +35,11 @@ class TrainConfig:
     max_length: int = 256
     stride: int = 32
     aggregation: Aggregation = Aggregation.MEAN_LOGITS
+    pooling: Pooling = "cls"
     loss: Literal["document", "chunk"] = "document"
     epochs: int = 3
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     docs_per_step: int = 8
@@ -97,8 +99,8 @@ def encode_docs(segmenter: Segmenter, examples: Sequence[Example], label2id: dic
     return docs
 
 
-def load_base_model(base_dir: Path, labels: Sequence[str]) -> tuple[Any, Any]:
-    """Tokenizer and a fresh classification head on a local encoder checkpoint."""
+def load_base_model(base_dir: Path, labels: Sequence[str], pooling: Pooling = "cls") -> tuple[Any, Any]:
+    """Tokenizer and a fresh classification head (reading `pooling`) on a local encoder checkpoint."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, use_fast=True)
@@ -110,7 +112,7 @@ def load_base_model(base_dir: Path, labels: Sequence[str]) -> tuple[Any, Any]:
         label2id={label: i for i, label in enumerate(labels)},
         attn_implementation="sdpa",
     )
-    return tokenizer, model
+    return tokenizer, with_pooling(model, pooling)
 
 
 def _freeze(model: Any, layers: int) -> None:
@@ -124,6 +126,24 @@ def _freeze(model: Any, layers: int) -> None:
             parameter.requires_grad = False
 
 
+def _parameter_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
+    """Encoder at `learning_rate`; the freshly initialised head (outside the encoder) at `head_learning_rate`.
+
+    A new head starts from random weights and, at an encoder's fine-tuning rate, barely moves in a few
+    hundred steps; its own larger rate lets it catch up without shaking the pretrained encoder.
+    """
+    encoder = {id(p) for p in model.base_model.parameters()}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in trainable if id(p) in encoder], "lr": config.learning_rate},
+        {
+            "params": [p for _, p in trainable if id(p) not in encoder],
+            "lr": config.head_learning_rate or config.learning_rate,
+        },
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def _class_weights(docs: Sequence[EncodedDoc], num_labels: int) -> torch.Tensor:
     counts = np.bincount([d.label for d in docs], minlength=num_labels).astype(np.float64)
     weights = counts.sum() / (num_labels * np.maximum(counts, 1))
@@ -133,7 +153,10 @@ def _class_weights(docs: Sequence[EncodedDoc], num_labels: int) -> torch.Tensor:
 def predict_chunk_logits(
     model: Any, docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int = 16384
 ) -> list[torch.Tensor]:
-    """Every window of every document through the model, in length-sorted token-budget batches."""
+    """Every window of every document through the model, in length-sorted token-budget batches.
+
+    A budget of 0 gives one window per forward pass.
+    """
     model.eval()
     flat = [(d, c) for d, doc in enumerate(docs) for c in range(len(doc.chunks))]
     flat.sort(key=lambda dc: len(docs[dc[0]].chunks[dc[1]]))
@@ -213,11 +236,11 @@ def train_model(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     seed_everything(config.seed)
-    tokenizer, model = load_base_model(base_dir, labels)
+    tokenizer, model = load_base_model(base_dir, labels, config.pooling)
     pad_id = int(tokenizer.pad_token_id or 0)
     _freeze(model, config.freeze_layers)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(train_docs) // (config.docs_per_step * config.grad_accumulation))
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)  # type: ignore[no-untyped-call]

@@ -56,13 +56,15 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("base"))
 
 
-def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path) -> None:
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path, pooling: str) -> None:
     train, test = late_keyword_corpus(48, seed=1), late_keyword_corpus(40, seed=2)
     labels = ["giraffe", "zebra"]
     config = TrainConfig(
         max_length=32,
         stride=0,
         aggregation=Aggregation.MAX_LOGITS,
+        pooling=pooling,  # type: ignore[arg-type]
         epochs=6,
         learning_rate=3e-3,
         docs_per_step=8,
@@ -191,3 +193,41 @@ def test_stratified_folds_balance_labels() -> None:
     for fold in range(5):
         members = [label for label, f in zip(labels, folds, strict=True) if f == fold]
         assert members.count("a") == 2 and members.count("b") == 1
+
+
+def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = late_keyword_corpus(12, seed=6)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in corpus), encoding="utf-8")
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    args += ["--k-fold", "2", "--eval-int8", "--eval-strides", "8", "--max-length", "32", "--stride", "0"]
+    assert cli_main([*args, "--epochs", "1", "--docs-per-step", "4"]) == 0
+
+    records = [json.loads(line) for line in (output / "cv_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted((r["stride"], r["fold"]) for r in records).count((0, 0)) == 6  # each document once per stride
+    assert {r["stride"] for r in records} == {0, 8}
+    report = json.loads((output / "cv_report.json").read_text(encoding="utf-8"))
+    chosen = report["chosen"]
+    assert json.loads((output / "longdoc.json").read_text(encoding="utf-8"))["stride"] == chosen["stride"]
+
+    capsys.readouterr()
+    assert (
+        cli_main(["eval", "--predictions", str(output / "cv_predictions.jsonl"), "--json", str(tmp_path / "r.json")])
+        == 0
+    )
+    again = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert again["strides"] == report["strides"]
+
+    int8 = [
+        json.loads(line) for line in (output / "cv_predictions_int8.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [(r["fold"], r["stride"], r["label"]) for r in int8] == [
+        (r["fold"], r["stride"], r["label"]) for r in records
+    ]
+    assert int8 != records  # quantized fold models, not a copy of the fp32 logits
+    assert report["int8"]["strides"].keys() == report["strides"].keys()
+    card = (output / "README.md").read_text(encoding="utf-8")
+    assert "## Cross-validated metrics" in card and "int8 dynamic quantization" in card

@@ -1,0 +1,44 @@
+"""`longdoc bench --quick` end to end: real model, real `longdoc serve` processes, report and plot written.
+
+A benchmark is not a test: nothing here asserts on speed, only that every part of the side-by-side run
+happens and lands in the JSON and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.procs import REPO, service_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    report.write_text("old table\n<!-- bench:end -->\nnotes kept across runs\n", encoding="utf-8")
+    command = [sys.executable, "-m", "app.cli", "bench", "--quick", "--concurrency", "1", "4"]
+    command += ["--results-dir", str(tmp_path / "results"), "--report", str(report)]
+    done = subprocess.run(command, cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (result_file,) = (tmp_path / "results").glob("bench-*.json")
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    assert [run["concurrency"] for run in result["service"]] == [1, 4]
+    for run in [*result["service"], result["batching_off"]]:
+        assert run["tokens_per_s"] > 0 and run["p50_s"] <= run["p99_s"]
+    assert result["ceiling_int8"]["tokens"] == result["ceiling"]["tokens"]  # same chunks on both sides
+    assert set(result["profile"]) == {"fp32, 1 window per pass", "fp32, 2 windows per pass", "int8, 1 window per pass"}
+    assert any(
+        "linear" in op["op"] or "addmm" in op["op"] for op in result["profile"]["fp32, 1 window per pass"]["top_ops"]
+    )
+    assert list((tmp_path / "results").glob("profile-*-fp32.json"))  # the Chrome trace
+
+    text = report.read_text(encoding="utf-8")
+    assert "old table" not in text and text.endswith("notes kept across runs\n")
+    assert "| service, concurrency 4 |" in text and "ms per window" in text
+    assert report.with_suffix(".png").stat().st_size > 0
