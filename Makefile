@@ -41,7 +41,7 @@ bench: setup
 train: setup
 	$(BIN)/longdoc train --data data/hyperpartisan/train.jsonl --output model_store/hyperpartisan-minilm \
 	  --k-fold 5 --seed-spread 3 --eval-strides 0 64 128 --eval-int8 --max-length 256 --stride 32 --epochs 3 \
-	  --pooling mean --lr 5e-5 --head-lr 1e-3 --docs-per-step 4 --grad-accumulation 2 --max-chunks-per-doc 4 --seed 0
+	  --lr 5e-5 --docs-per-step 4 --grad-accumulation 2 --max-chunks-per-doc 4 --seed 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

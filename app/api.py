@@ -184,7 +184,7 @@ async def info(request: Request, settings: Annotated[Settings, Depends(get_setti
         dtype=engine.dtype_name,
         quantization=engine.quantization,
         num_threads=settings.num_threads,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=service.batcher.max_batch_tokens,
         max_batch_size=settings.max_batch_size,
         max_queue_chunks=settings.max_queue_chunks,
         max_document_chars=settings.max_document_chars,

@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace) -> int:
         data_name=str(args.data),
         skip_final=args.skip_final,
         eval_int8=args.eval_int8,
+        resume=args.resume,
     )
     try:
         summary = run_pipeline(options)
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-final", action="store_true", help="only cross-validate an existing --output model")
     train.add_argument(
         "--eval-int8", action="store_true", help="also score each fold model as int8 (cv_predictions_int8.jsonl)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="keep the folds already complete in the output's cv_predictions.jsonl"
     )
 
     from app.settings import BUNDLED_MODEL

@@ -24,7 +24,7 @@ from app.middleware import InFlight, RequestContextMiddleware
 from app.model import Engine, load_model
 from app.segmenter import Segmenter
 from app.service import ClassifierService
-from app.settings import Settings, resolve_serving
+from app.settings import Settings, default_batch_tokens, resolve_serving
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
         batcher = Batcher(
             loaded.forward,
-            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_chunks=settings.max_queue_chunks,

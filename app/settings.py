@@ -41,6 +41,21 @@ def available_cpus() -> int:
     return max(1, count)
 
 
+GPU_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 1024
+
+
+def default_batch_tokens(device: str) -> int:
+    """The token budget when none is set, by device.
+
+    On a GPU a pass over many windows costs little more than over one, so big batches raise throughput.
+    On a CPU the cost grows with the tokens (the profile in docs/benchmarks.md: the same milliseconds per
+    window at 1 and at 16 windows per pass), so a big batch buys nothing and only makes a short document
+    wait behind a long pass.
+    """
+    return GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
+
+
 class Settings(BaseSettings):
     """Service configuration; each field is an environment variable LONGDOC_<NAME>."""
 
@@ -59,7 +74,9 @@ class Settings(BaseSettings):
     stride: int | None = Field(None, ge=0, description="Tokens shared by consecutive windows.")
     aggregation: Aggregation | None = Field(None, description="Default chunk aggregation strategy.")
     threshold: float | None = Field(None, gt=0, lt=1, description="Multi-label decision threshold.")
-    max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one forward pass (padded).")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="Token budget of one forward pass (padded); unset: 16384 on a GPU, 1024 on a CPU."
+    )
     max_batch_size: int = Field(64, ge=1, description="Most chunks in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for more chunks before a batch runs.")
     batch_across_requests: bool = Field(

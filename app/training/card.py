@@ -41,18 +41,17 @@ def _pooling_note(pooling: str) -> list[str]:
 
 def _int8_lines(cv: dict[str, Any], stride: str, aggregation: str) -> list[str]:
     """fp32 against int8 (the service's `LONGDOC_QUANTIZE=int8`) on the same fold models, same folds."""
-    int8 = cv.get("int8", {}).get("strides", {}).get(stride)
-    if not int8:
+    if stride not in cv.get("int8", {}).get("int8", {}).get("strides", {}):
         return []
-    fp32_block = cv["strides"][stride]["strategies"][aggregation]["all"]
-    int8_block = int8["strategies"][aggregation]["all"]
+    int8 = cv["int8"]["int8"]["strides"][stride]["strategies"][aggregation]["all"]
+    fp32 = cv["int8"]["fp32"]["strides"][stride]["strategies"][aggregation]["all"]
     return [
         "",
-        f"int8 dynamic quantization (each fold model quantized as `LONGDOC_QUANTIZE=int8` serves it, "
-        f"out-of-fold predictions in `cv_predictions_int8.jsonl`), stride {stride}, `{aggregation}`: "
-        f"accuracy {int8_block['accuracy']:.3f} / macro-F1 {int8_block['macro_f1']:.3f} against fp32 "
-        f"{fp32_block['accuracy']:.3f} / {fp32_block['macro_f1']:.3f} "
-        f"({100 * (int8_block['accuracy'] - fp32_block['accuracy']):+.1f} points accuracy).",
+        f"int8 dynamic quantization (fold models {cv['int8']['folds']} quantized as `LONGDOC_QUANTIZE=int8` "
+        f"serves them, out-of-fold predictions in `cv_predictions_int8.jsonl`), stride {stride}, "
+        f"`{aggregation}`: accuracy {int8['accuracy']:.3f} / macro-F1 {int8['macro_f1']:.3f} against fp32 "
+        f"{fp32['accuracy']:.3f} / {fp32['macro_f1']:.3f} on the same folds "
+        f"({100 * (int8['accuracy'] - fp32['accuracy']):+.1f} points accuracy).",
     ]
 
 
@@ -125,9 +124,23 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         lines += _int8_lines(cv, stride, serving["aggregation"])
         spread = cv.get("seed_spread")
         if spread:
-            lines += ["", f"Seed spread (fold 1 retrained with seeds {list(spread['accuracy_by_seed'])}):", ""]
+            lines += [
+                "",
+                f"Seed spread (fold 1 retrained with seeds {list(spread['accuracy_by_seed'])}, scored at stride "
+                f"{spread.get('stride', config['stride'])}):",
+                "",
+            ]
             for strategy, values in spread["spread"].items():
                 lines.append(f"- `{strategy}`: accuracy {values['min']:.3f} to {values['max']:.3f}")
+            int8_runs = spread.get("int8_accuracy_by_seed", {})
+            aggregation = serving["aggregation"]
+            if int8_runs:
+                fp32_runs = spread["accuracy_by_seed"]
+                pairs = ", ".join(
+                    f"seed {seed} {fp32_runs[seed][aggregation]:.3f} fp32 / {run[aggregation]:.3f} int8"
+                    for seed, run in int8_runs.items()
+                )
+                lines.append(f"- int8 on the same held-out fold, `{aggregation}`: {pairs}")
         lines.append("")
     lines += [
         "## Intended use and limits",

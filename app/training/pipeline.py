@@ -32,6 +32,7 @@ from app.training.evaluate import (
     evaluate_records,
     format_report,
     predict_examples,
+    read_records,
     write_records,
 )
 from app.training.train import EncodedDoc, TrainConfig, encode_docs, load_base_model, train_model
@@ -57,6 +58,7 @@ class PipelineOptions:
     data_name: str = ""
     skip_final: bool = False
     eval_int8: bool = False
+    resume: bool = False
 
 
 def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
@@ -125,6 +127,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     elif not summary_path.is_file():
         raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    _check_same_recipe(summary["config"], config)
 
     if options.k_fold > 1:
         report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
@@ -137,6 +140,32 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         summary["cv"] = json.loads(cv_path.read_text(encoding="utf-8"))
     write_model_card(options.output, summary, options.data_name or str(options.data))
     return summary
+
+
+def _check_same_recipe(stored: dict[str, Any], config: TrainConfig) -> None:
+    """Cross-validation must score the recipe that made the saved model, or the card would misreport it."""
+    saved = {**TrainConfig().as_dict(), **stored}  # keys added since the model was made keep their defaults
+    given = config.as_dict()
+    differ = [k for k in given if k != "num_threads" and saved.get(k) != given[k]]
+    if differ:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, given {given[k]!r}" for k in differ)
+        raise DataError(f"the recipe differs from the one that made the saved model ({detail})")
+
+
+def _kept_folds(options: PipelineOptions, fold_sizes: dict[int, int], strides: Sequence[int]) -> set[int]:
+    """With `resume`, the folds whose out-of-fold records are complete at every stride asked for.
+
+    A kept fold keeps whatever int8 records it has: its model is gone, so int8 cannot be added later.
+    """
+    path = options.output / CV_PREDICTIONS_FILE
+    if not options.resume or not path.is_file():
+        return set()
+    records = read_records(path)
+    return {
+        fold
+        for fold, size in fold_sizes.items()
+        if sum(1 for r in records if r["fold"] == fold and r["stride"] in strides) == size * len(strides)
+    }
 
 
 def _fit_and_predict(
@@ -185,10 +214,21 @@ def _cross_validate(
     config = options.config
     strides = sorted(set(options.eval_strides) | {config.stride})
     folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
+    kept = _kept_folds(options, {f: folds.count(f) for f in range(options.k_fold)}, strides)
     records: list[dict[str, Any]] = []
     int8_records: list[dict[str, Any]] = []
+    if kept:
+        records = [r for r in read_records(options.output / CV_PREDICTIONS_FILE) if r["fold"] in kept]
+        int8_path = options.output / CV_INT8_PREDICTIONS_FILE
+        if options.eval_int8 and int8_path.is_file():
+            int8_records = [r for r in read_records(int8_path) if r["fold"] in kept]
+        log.info("resume: folds %s kept from %s", sorted(f + 1 for f in kept), options.output / CV_PREDICTIONS_FILE)
+    records = [r for r in records if r["stride"] in strides]
+    int8_records = [r for r in int8_records if r["stride"] in strides]
     started = time.perf_counter()
     for fold in range(options.k_fold):
+        if fold in kept:
+            continue
         train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
         held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
         fold_records, fold_int8, seconds = _fit_and_predict(
@@ -213,12 +253,28 @@ def _cross_validate(
     report = evaluate_records(records)
     stride, aggregation = best_setting(report)
     report["chosen"] = {"stride": stride, "aggregation": aggregation}
-    if int8_records:
-        report["int8"] = evaluate_records(int8_records)
+    if int8_records:  # fp32 over exactly the folds that have int8 records, so the two compare like for like
+        int8_folds = {r["fold"] for r in int8_records}
+        report["int8"] = {
+            "folds": sorted(f + 1 for f in int8_folds),
+            "int8": evaluate_records(int8_records),
+            "fp32": evaluate_records([r for r in records if r["fold"] in int8_folds]),
+        }
     report["cv_seconds"] = time.perf_counter() - started
+    previous = options.output / CV_REPORT_FILE
+    if kept and previous.is_file():  # time spent on the kept folds in the earlier run
+        report["cv_seconds"] += json.loads(previous.read_text(encoding="utf-8")).get("cv_seconds", 0.0)
     if options.seed_spread > 1:
         report["seed_spread"] = _seed_spread(
-            options, examples, folds, labels, label2id, segmenter, tokenizer, [r for r in records if r["fold"] == 0]
+            options,
+            examples,
+            folds,
+            labels,
+            label2id,
+            segmenter,
+            tokenizer,
+            [r for r in records if r["fold"] == 0],
+            [r for r in int8_records if r["fold"] == 0],
         )
     (options.output / CV_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("cross-validation:\n%s", format_report(report))
@@ -234,24 +290,44 @@ def _seed_spread(
     segmenter: Segmenter,
     tokenizer: Any,
     fold_records: list[dict[str, Any]],
+    fold_int8_records: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Fold 1 retrained with further seeds: how much the recipe's result depends on the seed."""
+    """Fold 1 retrained with further seeds: how much the recipe's result depends on the seed (and, with
+    `eval_int8`, what int8 costs on each of these held-out runs)."""
     config = options.config
     train_examples = [e for e, f in zip(examples, folds, strict=True) if f != 0]
     held_out = [e for e, f in zip(examples, folds, strict=True) if f == 0]
     runs: dict[str, Any] = {str(config.seed): _accuracies(fold_records, config.stride)}
+    int8_runs: dict[str, Any] = {}
+    if fold_int8_records:
+        int8_runs[str(config.seed)] = _accuracies(fold_int8_records, config.stride)
     train_docs = encode_docs(segmenter, train_examples, label2id)
     for seed in range(config.seed + 1, config.seed + options.seed_spread):
         seeded = TrainConfig(**{**config.as_dict(), "seed": seed, "aggregation": config.aggregation})
-        records, _, _ = _fit_and_predict(
-            options, seeded, train_docs, held_out, labels, tokenizer, [config.stride], f"seed {seed} fold 1", 0
+        records, int8_records, _ = _fit_and_predict(
+            options,
+            seeded,
+            train_docs,
+            held_out,
+            labels,
+            tokenizer,
+            [config.stride],
+            f"seed {seed} fold 1",
+            0,
+            options.eval_int8,
         )
         runs[str(seed)] = _accuracies(records, config.stride)
+        if int8_records:
+            int8_runs[str(seed)] = _accuracies(int8_records, config.stride)
+        log.info("seed %d fold 1: %s int8 %s", seed, runs[str(seed)], int8_runs.get(str(seed)))
     spread = {}
     for strategy in next(iter(runs.values())):
         values = [run[strategy] for run in runs.values()]
         spread[strategy] = {"min": min(values), "max": max(values), "range": max(values) - min(values)}
-    return {"fold": 1, "accuracy_by_seed": runs, "spread": spread}
+    result = {"fold": 1, "stride": config.stride, "accuracy_by_seed": runs, "spread": spread}
+    if int8_runs:
+        result["int8_accuracy_by_seed"] = int8_runs
+    return result
 
 
 def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> None:

@@ -70,6 +70,32 @@ async def test_health_info_and_request_id(client_factory: ClientFactory) -> None
         assert len(health.headers["x-request-id"]) == 32
 
 
+class GpuFakeEngine(FakeEngine):
+    """The fake engine, claiming to run on a GPU (only the batch budget default reads the device)."""
+
+    @property
+    def device_name(self) -> str:
+        return "cuda"
+
+
+async def test_batch_budget_defaults_to_the_device(
+    client_factory: ClientFactory, fake_engine: FakeEngine, wordpiece_tokenizer: Any
+) -> None:
+    fake_engine.metadata = {"max_length": 128, "stride": 0, "aggregation": "mean_logits"}
+    async with client_factory(engine=fake_engine) as client:
+        assert (await client.get("/info")).json()["max_batch_tokens"] == 1024
+        texts = [long_text(2000, seed=s) for s in range(4)]
+        responses = await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
+        assert all(r.status_code == 200 for r in responses)
+    # On a CPU no pass exceeds 1,024 padded tokens: 8 windows of 128.
+    assert max(len(call) * max(len(ids) for ids in call) for call in fake_engine.calls) <= 1024
+    assert max(len(call) for call in fake_engine.calls) > 1  # still batched
+    async with client_factory(engine=GpuFakeEngine(wordpiece_tokenizer)) as client:
+        assert (await client.get("/info")).json()["max_batch_tokens"] == 16384
+    async with client_factory(engine=GpuFakeEngine(wordpiece_tokenizer), max_batch_tokens=4096) as client:
+        assert (await client.get("/info")).json()["max_batch_tokens"] == 4096
+
+
 async def test_environment_overrides_model_metadata(client_factory: ClientFactory) -> None:
     async with client_factory(max_length=32, stride=0, aggregation="max_logits") as client:
         info = (await client.get("/info")).json()

@@ -228,6 +228,35 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
         (r["fold"], r["stride"], r["label"]) for r in records
     ]
     assert int8 != records  # quantized fold models, not a copy of the fp32 logits
-    assert report["int8"]["strides"].keys() == report["strides"].keys()
+    assert report["int8"]["folds"] == [1, 2]
+    assert report["int8"]["int8"]["strides"].keys() == report["strides"].keys()
+    assert report["int8"]["fp32"]["strides"] == report["strides"]  # all folds: the same fp32 report
     card = (output / "README.md").read_text(encoding="utf-8")
     assert "## Cross-validated metrics" in card and "int8 dynamic quantization" in card
+
+    # Resume keeps the complete folds (no fold is retrained) and adds the seed spread with its int8 scores.
+    before = (output / "cv_predictions.jsonl").read_text(encoding="utf-8")
+    capsys.readouterr()
+    resumed = [*args, "--epochs", "1", "--docs-per-step", "4", "--skip-final", "--resume", "--seed-spread", "2"]
+    assert cli_main(resumed) == 0
+    assert (output / "cv_predictions.jsonl").read_text(encoding="utf-8") == before
+    spread = json.loads((output / "cv_report.json").read_text(encoding="utf-8"))["seed_spread"]
+    assert set(spread["accuracy_by_seed"]) == set(spread["int8_accuracy_by_seed"]) == {"0", "1"}
+    assert "int8 on the same held-out fold" in (output / "README.md").read_text(encoding="utf-8")
+
+
+def test_cross_validating_a_saved_model_with_another_recipe_is_refused(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "train.jsonl"
+    corpus = late_keyword_corpus(6, seed=7)
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in corpus), encoding="utf-8")
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    args += ["--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4"]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    assert cli_main([*args, "--skip-final", "--k-fold", "2", "--lr", "1e-3"]) == 2
+    assert "recipe differs from the one that made the saved model (learning_rate: saved 5e-05, given 0.001)" in (
+        capsys.readouterr().err
+    )
