@@ -42,7 +42,7 @@ def available_cpus() -> int:
 
 
 GPU_BATCH_TOKENS = 16384
-CPU_BATCH_TOKENS = 1024
+CPU_BATCH_TOKENS = 256
 
 
 def default_batch_tokens(device: str) -> int:
@@ -50,8 +50,9 @@ def default_batch_tokens(device: str) -> int:
 
     On a GPU a pass over many windows costs little more than over one, so big batches raise throughput.
     On a CPU the cost grows with the tokens (the profile in docs/benchmarks.md: the same milliseconds per
-    window at 1 and at 16 windows per pass), so a big batch buys nothing and only makes a short document
-    wait behind a long pass.
+    window at 1 and at 16 windows per pass), so a big batch buys nothing: windows sharing a pass all finish
+    when the pass does, and a short document waits behind a long pass. The CPU default is one 256-token
+    window per pass (the batcher always takes at least one window, whatever its length).
     """
     return GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
 
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     aggregation: Aggregation | None = Field(None, description="Default chunk aggregation strategy.")
     threshold: float | None = Field(None, gt=0, lt=1, description="Multi-label decision threshold.")
     max_batch_tokens: int | None = Field(
-        None, ge=1, description="Token budget of one forward pass (padded); unset: 16384 on a GPU, 1024 on a CPU."
+        None, ge=1, description="Token budget of one forward pass (padded); unset: 16384 on a GPU, 256 on a CPU."
     )
     max_batch_size: int = Field(64, ge=1, description="Most chunks in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for more chunks before a batch runs.")

@@ -32,7 +32,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for run in [*result["service"], result["batching_off"]]:
         assert run["tokens_per_s"] > 0 and run["p50_s"] <= run["p99_s"]
         assert run["ratio_to_ceiling"] == run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
-    assert result["ceiling"]["service_budget"] in {int(b) for b in result["ceiling"]["sweep_tokens_per_s"]}
+    assert result["service_budget"] == 256  # the CPU default
     assert result["ceiling_int8"]["tokens"] == result["ceiling"]["tokens"]  # same chunks on both sides
     assert set(result["profile"]) == {"fp32, 1 window per pass", "fp32, 2 windows per pass", "int8, 1 window per pass"}
     assert any(

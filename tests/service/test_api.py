@@ -83,12 +83,12 @@ async def test_batch_budget_defaults_to_the_device(
 ) -> None:
     fake_engine.metadata = {"max_length": 128, "stride": 0, "aggregation": "mean_logits"}
     async with client_factory(engine=fake_engine) as client:
-        assert (await client.get("/info")).json()["max_batch_tokens"] == 1024
+        assert (await client.get("/info")).json()["max_batch_tokens"] == 256
         texts = [long_text(2000, seed=s) for s in range(4)]
         responses = await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
         assert all(r.status_code == 200 for r in responses)
-    # On a CPU no pass exceeds 1,024 padded tokens: 8 windows of 128.
-    assert max(len(call) * max(len(ids) for ids in call) for call in fake_engine.calls) <= 1024
+    # On a CPU no pass exceeds 256 padded tokens: two windows of 128.
+    assert max(len(call) * max(len(ids) for ids in call) for call in fake_engine.calls) <= 256
     assert max(len(call) for call in fake_engine.calls) > 1  # still batched
     async with client_factory(engine=GpuFakeEngine(wordpiece_tokenizer)) as client:
         assert (await client.get("/info")).json()["max_batch_tokens"] == 16384
