@@ -107,15 +107,8 @@ def _engine_pass(model: LoadedModel, chunks: list[list[int]], budget: int) -> fl
     return sum(len(c) for c in chunks) / (time.perf_counter() - started)
 
 
-def engine_ceiling(
-    model: LoadedModel,
-    segmenter: Segmenter,
-    docs: Sequence[Doc],
-    budgets: Sequence[int],
-    log: Any,
-) -> dict[str, Any]:
+def engine_ceiling(model: LoadedModel, chunks: list[list[int]], budgets: Sequence[int], log: Any) -> dict[str, Any]:
     """The model alone over exactly the service's chunks, full length-sorted batches, best budget wins."""
-    chunks = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]
     model.forward(chunks[:4])  # warm-up
     sweep = {}
     for budget in budgets:
@@ -131,10 +124,13 @@ def engine_ceiling(
     }
 
 
-def local_ceiling(model: LoadedModel, segmenter: Segmenter, docs: Sequence[Doc], budget: int) -> float:
-    """The ceiling again, at one budget, right next to a service run: on a shared machine the speed drifts,
-    so each service run is compared with the engine measured just before and just after it."""
-    return _engine_pass(model, [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks], budget)
+def _against_ceiling(run: dict[str, Any], before: float, after: float) -> dict[str, Any]:
+    """Rate a service run against the engine measured right before and right after it, the higher of the
+    two (on a shared machine the speed drifts; a slow ceiling would flatter the ratio)."""
+    run.pop("latency_by_index")
+    run["local_ceiling_tokens_per_s"] = max(before, after)
+    run["ratio_to_ceiling"] = run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
+    return run
 
 
 def _metric_sums(text: str) -> dict[str, float]:
@@ -330,19 +326,19 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "corpus_tokens": sum(d.chunk_tokens for d in docs),
     }
     log("engine-only ceiling (fp32):")
+    chunks = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]  # what the service will run
     budgets = [b for b in options.budgets if b >= segmenter.max_length] or [max(options.budgets)]
-    result["ceiling"] = engine_ceiling(model, segmenter, docs, budgets, log)
+    result["ceiling"] = engine_ceiling(model, chunks, budgets, log)
     budget = result["ceiling"]["best_budget"]
     int8 = None
     if options.int8:
         log("engine-only ceiling (int8):")
         int8 = load_model(options.model_dir, device="cpu", quantize="int8")
-        result["ceiling_int8"] = engine_ceiling(int8, segmenter, docs, [budget], log)
+        result["ceiling_int8"] = engine_ceiling(int8, chunks, [budget], log)
         result["int8_speedup"] = result["ceiling_int8"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
     log("profile (torch.profiler):")
     options.results_dir.mkdir(parents=True, exist_ok=True)
-    windows = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]
-    windows = ([w for w in windows if len(w) == segmenter.max_length] or windows)[: options.profile_windows]
+    windows = ([w for w in chunks if len(w) == segmenter.max_length] or chunks)[: options.profile_windows]
     result["profile"] = profile_engines(model, int8, windows, options.results_dir, stamp)
     for name, run in result["profile"].items():
         log(f"  {name}: {run['ms_per_window']:.1f} ms per window, top op {run['top_ops'][0]['op']}")
@@ -352,13 +348,11 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         result["service_budget"] = httpx.get(f"{service.url}/info").json()["max_batch_tokens"]
         log(f"service (default max_batch_tokens {result['service_budget']}; ceiling re-measured beside each run):")
         result["service"] = []
-        before = local_ceiling(model, segmenter, docs, budget)
+        before = _engine_pass(model, chunks, budget)
         for concurrency in options.concurrencies:
             run = asyncio.run(drive(service.url, docs, concurrency))
-            run.pop("latency_by_index")
-            after = local_ceiling(model, segmenter, docs, budget)
-            run["local_ceiling_tokens_per_s"] = max(before, after)  # the higher: a slow ceiling flatters
-            run["ratio_to_ceiling"] = run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
+            after = _engine_pass(model, chunks, budget)
+            _against_ceiling(run, before, after)
             before = after
             result["service"].append(run)
             log(
@@ -379,11 +373,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     try:
         concurrency = 16 if 16 in options.concurrencies else max(options.concurrencies)
         run = asyncio.run(drive(naive.url, docs, concurrency))
-        run.pop("latency_by_index")
-        after = local_ceiling(model, segmenter, docs, budget)
-        run["local_ceiling_tokens_per_s"] = max(before, after)
-        run["ratio_to_ceiling"] = run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
-        result["batching_off"] = run
+        result["batching_off"] = run = _against_ceiling(run, before, _engine_pass(model, chunks, budget))
         log(f"  batching off c={concurrency}: {run['tokens_per_s']:,.0f} tokens/s p50 {run['p50_s']:.2f}s")
     finally:
         naive.stop()

@@ -127,7 +127,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     elif not summary_path.is_file():
         raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    _check_same_recipe(summary["config"], config)
+    if options.skip_final:
+        _check_same_recipe(summary["config"], config)
 
     if options.k_fold > 1:
         report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
@@ -152,15 +153,17 @@ def _check_same_recipe(stored: dict[str, Any], config: TrainConfig) -> None:
         raise DataError(f"the recipe differs from the one that made the saved model ({detail})")
 
 
-def _kept_folds(options: PipelineOptions, fold_sizes: dict[int, int], strides: Sequence[int]) -> set[int]:
-    """With `resume`, the folds whose out-of-fold records are complete at every stride asked for.
+def _previous_records(options: PipelineOptions, name: str) -> list[dict[str, Any]]:
+    """With `resume`, the records an earlier run left in the output directory (else none)."""
+    path = options.output / name
+    return read_records(path) if options.resume and path.is_file() else []
+
+
+def _complete_folds(records: Sequence[dict[str, Any]], fold_sizes: dict[int, int], strides: Sequence[int]) -> set[int]:
+    """The folds whose out-of-fold records cover every held-out document at every stride asked for.
 
     A kept fold keeps whatever int8 records it has: its model is gone, so int8 cannot be added later.
     """
-    path = options.output / CV_PREDICTIONS_FILE
-    if not options.resume or not path.is_file():
-        return set()
-    records = read_records(path)
     return {
         fold
         for fold, size in fold_sizes.items()
@@ -214,17 +217,13 @@ def _cross_validate(
     config = options.config
     strides = sorted(set(options.eval_strides) | {config.stride})
     folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
-    kept = _kept_folds(options, {f: folds.count(f) for f in range(options.k_fold)}, strides)
-    records: list[dict[str, Any]] = []
-    int8_records: list[dict[str, Any]] = []
+    previous = _previous_records(options, CV_PREDICTIONS_FILE)
+    kept = _complete_folds(previous, {f: folds.count(f) for f in range(options.k_fold)}, strides)
+    previous_int8 = _previous_records(options, CV_INT8_PREDICTIONS_FILE) if options.eval_int8 else []
+    records = [r for r in previous if r["fold"] in kept and r["stride"] in strides]
+    int8_records = [r for r in previous_int8 if r["fold"] in kept and r["stride"] in strides]
     if kept:
-        records = [r for r in read_records(options.output / CV_PREDICTIONS_FILE) if r["fold"] in kept]
-        int8_path = options.output / CV_INT8_PREDICTIONS_FILE
-        if options.eval_int8 and int8_path.is_file():
-            int8_records = [r for r in read_records(int8_path) if r["fold"] in kept]
         log.info("resume: folds %s kept from %s", sorted(f + 1 for f in kept), options.output / CV_PREDICTIONS_FILE)
-    records = [r for r in records if r["stride"] in strides]
-    int8_records = [r for r in int8_records if r["stride"] in strides]
     started = time.perf_counter()
     for fold in range(options.k_fold):
         if fold in kept:
@@ -261,9 +260,9 @@ def _cross_validate(
             "fp32": evaluate_records([r for r in records if r["fold"] in int8_folds]),
         }
     report["cv_seconds"] = time.perf_counter() - started
-    previous = options.output / CV_REPORT_FILE
-    if kept and previous.is_file():  # time spent on the kept folds in the earlier run
-        report["cv_seconds"] += json.loads(previous.read_text(encoding="utf-8")).get("cv_seconds", 0.0)
+    previous_report = options.output / CV_REPORT_FILE
+    if kept and previous_report.is_file():  # time spent on the kept folds in the earlier run
+        report["cv_seconds"] += json.loads(previous_report.read_text(encoding="utf-8")).get("cv_seconds", 0.0)
     if options.seed_spread > 1:
         report["seed_spread"] = _seed_spread(
             options,
