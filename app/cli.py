@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -112,17 +113,31 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import BenchOptions, run_bench
+    from benchmarks.random_model import write_random_bert
 
-    options = BenchOptions(model_dir=args.model_dir, concurrencies=args.concurrency, int8=not args.no_int8)
+    model_dir = args.model_dir
+    if args.random_bert_base:  # speed of a BERT-base-sized model: random weights, the bundled tokenizer
+        model_dir = write_random_bert(Path(tempfile.mkdtemp(prefix="longdoc-bert-base-")) / "random-bert-base")
+    options = BenchOptions(
+        model_dir=model_dir, concurrencies=args.concurrency, int8=not args.no_int8, device=args.device
+    )
     if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
         options.short, options.medium, options.long, options.real = 3, 1, 0, 2
         options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
         options.profile_windows = 2
     if args.results_dir:
         options.results_dir = args.results_dir
-    options.report = args.report
+    options.report = args.report or _default_report(args)
     run_bench(options)
     return 0
+
+
+def _default_report(args: argparse.Namespace) -> Path:
+    """docs/benchmarks.md for the CPU run of the bundled model; GPU and BERT-base runs keep their own page."""
+    import torch
+
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return Path("docs") / f"benchmarks{'-gpu' if gpu else ''}{'-bert-base' if args.random_bert_base else ''}.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,11 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="engine-only ceiling vs the service over HTTP, side by side")
     bench.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL)
+    bench.add_argument(
+        "--random-bert-base",
+        action="store_true",
+        help="bench a random-weight BERT-base (12 layers, 768 hidden) instead of --model-dir: GPU speed at that size",
+    )
+    bench.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when torch sees it"
+    )
     bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     bench.add_argument("--no-int8", action="store_true", help="skip the int8 ceiling")
     bench.add_argument("--quick", action="store_true", help="tiny corpus: check the harness only")
     bench.add_argument("--results-dir", type=Path, default=None)
-    bench.add_argument("--report", type=Path, default=Path("docs/benchmarks.md"), help="markdown report path")
+    bench.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="markdown report (default docs/benchmarks.md; docs/benchmarks-gpu.md on a GPU; -bert-base for that model)",
+    )
 
     from longdoc import cli_classify
 

@@ -49,11 +49,11 @@ def default_batch_tokens(device: str) -> int:
     """The token budget when none is set, by device.
 
     On a GPU a pass over many windows costs little more than over one, so big batches raise throughput.
-    On a CPU the cost grows with the tokens (the profile in docs/benchmarks.md: the same milliseconds per
-    window at 1 and at 16 windows per pass), so a big batch buys little: windows sharing a pass all finish
-    when the pass does, and a short document waits behind a long pass. The CPU default is one 256-token
-    window per pass (the batcher always takes at least one window, whatever its length): a few percent of
-    service throughput traded for a much lower median latency under load.
+    On a CPU the cost grows with the tokens: a pass of four windows runs about 22% faster per token than
+    one in the engine alone, but in the service a document's short last window is padded to its full ones,
+    and bigger passes bought no throughput while raising p50 (docs/benchmarks.md). Windows sharing a pass
+    all finish when the pass does, so a short document would wait behind a long pass. The CPU default is
+    one 256-token window per pass (the batcher always takes at least one window, whatever its length).
     """
     return GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
 

@@ -19,18 +19,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import torch
 
-from app.model import LoadedModel, load_model, read_model_metadata
+from app.model import LoadedModel, load_model, read_model_metadata, resolve_device
 from app.segmenter import Segmenter
-from app.settings import BUNDLED_MODEL, available_cpus
+from app.settings import BUNDLED_MODEL, GPU_BATCH_TOKENS, available_cpus
 from benchmarks.profile import profile_engines, report_lines
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_DATA = REPO / "data" / "hyperpartisan" / "train.jsonl"
+
+
+CPU_BUDGETS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+GPU_BUDGETS = (2048, 4096, 8192, GPU_BATCH_TOKENS, 32768, 65536)
+GPU_SCALE = 16
 
 
 @dataclass
@@ -41,7 +46,9 @@ class BenchOptions:
     medium: int = 6
     long: int = 3
     real: int = 24
-    budgets: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    budgets: Sequence[int] | None = None  # None: CPU_BUDGETS or GPU_BUDGETS by device
+    scale: int = 0  # corpus size multiplier; 0: 1 on a CPU, GPU_SCALE on a GPU (else a run lasts a blink)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     fairness_long: int = 8
     fairness_short: int = 24
     int8: bool = True
@@ -68,8 +75,8 @@ def _text_with_tokens(segmenter: Segmenter, vocabulary: list[str], tokens: int, 
     return words[: encoding.offsets[tokens - 1][1]]
 
 
-def build_corpus(segmenter: Segmenter, options: BenchOptions) -> list[Doc]:
-    """A seeded mix: synthetic 300 / 2,000 / 8,000-token documents plus real training articles."""
+def build_corpus(segmenter: Segmenter, options: BenchOptions, scale: int = 1) -> list[Doc]:
+    """A seeded mix: synthetic 300 / 2,000 / 8,000-token documents plus real training articles, `scale` times."""
     rng = random.Random(options.seed)
     articles = [json.loads(line)["text"] for line in TRAIN_DATA.read_text(encoding="utf-8").splitlines()]
     vocabulary = " ".join(articles[:200]).split()
@@ -79,8 +86,8 @@ def build_corpus(segmenter: Segmenter, options: BenchOptions) -> list[Doc]:
         ("medium", options.medium, 2000),
         ("long", options.long, 8000),
     ):
-        texts += [(kind, _text_with_tokens(segmenter, vocabulary, tokens, rng)) for _ in range(count)]
-    texts += [("real", text) for text in rng.sample(articles, options.real)]
+        texts += [(kind, _text_with_tokens(segmenter, vocabulary, tokens, rng)) for _ in range(count * scale)]
+    texts += [("real", text) for text in rng.sample(articles, min(options.real * scale, len(articles)))]
     rng.shuffle(texts)
     return [Doc(text, kind, sum(len(c.input_ids) for c in segmenter.segment(text).chunks)) for kind, text in texts]
 
@@ -109,9 +116,9 @@ def _engine_pass(model: LoadedModel, chunks: list[list[int]], budget: int) -> fl
 
 def engine_ceiling(model: LoadedModel, chunks: list[list[int]], budgets: Sequence[int], log: Any) -> dict[str, Any]:
     """The model alone over exactly the service's chunks, full length-sorted batches, best budget wins."""
-    model.forward(chunks[:4])  # warm-up
     sweep = {}
     for budget in budgets:
+        model.forward(_batches(chunks, budget)[-1])  # warm-up at this shape (kernel choice on a GPU)
         sweep[str(budget)] = _engine_pass(model, chunks, budget)
         log(f"  ceiling budget {budget:>6}: {sweep[str(budget)]:,.0f} tokens/s")
     best = max(sweep, key=lambda k: sweep[k])
@@ -305,45 +312,59 @@ def _cpu_description() -> str:
     return f"{name.group(1).strip() if name else platform.machine()} ({', '.join(present) or 'no AVX2'})"
 
 
+def _machine_description(device: torch.device, threads: int) -> str:
+    cpu = f"{_cpu_description()}, {threads} CPU threads allowed, {os.cpu_count()} visible; torch {torch.__version__}"
+    return f"{torch.cuda.get_device_name(device)} with {cpu}" if device.type == "cuda" else cpu
+
+
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     log = options.log
     threads = available_cpus()
     torch.set_num_threads(threads)
+    device = resolve_device(options.device)
     meta = read_model_metadata(options.model_dir)
-    model = load_model(options.model_dir, device="cpu")
+    # dtype as the service runs it: bfloat16 on a GPU, float32 on a CPU
+    model = load_model(options.model_dir, device="cuda" if device.type == "cuda" else "cpu")
     segmenter = Segmenter(model.tokenizer, int(meta.get("max_length", 512)), int(meta.get("stride", 0)))
-    docs = build_corpus(segmenter, options)
+    docs = build_corpus(segmenter, options, options.scale or (GPU_SCALE if device.type == "cuda" else 1))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    log(f"corpus: {len(docs)} documents, {sum(d.chunk_tokens for d in docs):,} chunk tokens; threads {threads}")
+    log(
+        f"corpus: {len(docs)} documents, {sum(d.chunk_tokens for d in docs):,} chunk tokens; "
+        f"{device.type}, {model.dtype_name}, threads {threads}"
+    )
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{_cpu_description()}, {threads} CPU threads allowed, "
-        f"{os.cpu_count()} visible; torch {torch.__version__}",
+        "machine": _machine_description(device, threads),
+        "device": device.type,
+        "dtype": model.dtype_name,
         "model": options.model_dir.name,
         "max_length": segmenter.max_length,
         "stride": segmenter.stride,
         "corpus": {k: sum(1 for d in docs if d.kind == k) for k in ("short", "medium", "long", "real")},
         "corpus_tokens": sum(d.chunk_tokens for d in docs),
     }
-    log("engine-only ceiling (fp32):")
+    log(f"engine-only ceiling ({model.dtype_name}):")
     chunks = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]  # what the service will run
-    budgets = [b for b in options.budgets if b >= segmenter.max_length] or [max(options.budgets)]
+    sweep = options.budgets or (GPU_BUDGETS if device.type == "cuda" else CPU_BUDGETS)
+    budgets = [b for b in sweep if b >= segmenter.max_length] or [max(sweep)]
     result["ceiling"] = engine_ceiling(model, chunks, budgets, log)
     budget = result["ceiling"]["best_budget"]
     int8 = None
-    if options.int8:
+    if options.int8 and device.type == "cpu":  # dynamic int8 quantization runs on a CPU only
         log("engine-only ceiling (int8):")
         int8 = load_model(options.model_dir, device="cpu", quantize="int8")
         result["ceiling_int8"] = engine_ceiling(int8, chunks, [budget], log)
         result["int8_speedup"] = result["ceiling_int8"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
-    log("profile (torch.profiler):")
     options.results_dir.mkdir(parents=True, exist_ok=True)
-    windows = ([w for w in chunks if len(w) == segmenter.max_length] or chunks)[: options.profile_windows]
-    result["profile"] = profile_engines(model, int8, windows, options.results_dir, stamp)
-    for name, run in result["profile"].items():
-        log(f"  {name}: {run['ms_per_window']:.1f} ms per window, top op {run['top_ops'][0]['op']}")
+    if device.type == "cpu":  # explains the CPU's batch-size trade-off; on a GPU the sweep says it
+        log("profile (torch.profiler):")
+        windows = ([w for w in chunks if len(w) == segmenter.max_length] or chunks)[: options.profile_windows]
+        result["profile"] = profile_engines(model, int8, windows, options.results_dir, stamp)
+        for name, run in result["profile"].items():
+            log(f"  {name}: {run['ms_per_window']:.1f} ms per window, top op {run['top_ops'][0]['op']}")
     del int8
-    service = ServiceProcess(options.model_dir, threads, max_wait_ms=5)  # the budget users get by default
+    # The service at the budget users get by default on this device.
+    service = ServiceProcess(options.model_dir, threads, device=device.type, max_wait_ms=5)
     try:
         result["service_budget"] = httpx.get(f"{service.url}/info").json()["max_batch_tokens"]
         log(f"service (default max_batch_tokens {result['service_budget']}; ceiling re-measured beside each run):")
@@ -369,7 +390,9 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         result["service_rss_mb"] = service.rss_mb()
     finally:
         service.stop()
-    naive = ServiceProcess(options.model_dir, threads, max_batch_tokens=budget, batch_across_requests="false")
+    naive = ServiceProcess(
+        options.model_dir, threads, device=device.type, max_batch_tokens=budget, batch_across_requests="false"
+    )
     try:
         concurrency = 16 if 16 in options.concurrencies else max(options.concurrencies)
         run = asyncio.run(drive(naive.url, docs, concurrency))
@@ -395,14 +418,15 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         f"{result['corpus_tokens']:,} chunk tokens. Unit everywhere: non-padding chunk tokens per second.",
         "Reproduce with `longdoc bench` (JSON under `benchmarks/results/`).",
         "",
-        f"The service runs with its default max_batch_tokens ({result.get('service_budget', '-')} on a CPU: one "
-        "window per pass; see the profile below). Each service run's ratio is to the engine-only "
+        f"The service runs with its default max_batch_tokens on this device ({result.get('service_budget', '-')}; "
+        "on a CPU one window per pass, see docs/operations.md). Each service run's ratio is to the engine-only "
         "ceiling re-measured (best budget) right before and right after that run, the higher of the two: "
         "this machine's speed drifts by more than the overheads being measured.",
         "",
         "| run | tokens/s | ratio to ceiling | docs/s | p50 s | p95 s | p99 s | mean batch | padding |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| engine-only ceiling (fp32, best budget {result['ceiling']['best_budget']}) | {ceiling:,.0f} | 1.00 "
+        f"| engine-only ceiling ({result.get('dtype', 'float32')}, best budget {result['ceiling']['best_budget']}) "
+        f"| {ceiling:,.0f} | 1.00 "
         "| | | | | | |",
     ]
     if "ceiling_int8" in result:

@@ -33,6 +33,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert run["tokens_per_s"] > 0 and run["p50_s"] <= run["p99_s"]
         assert run["ratio_to_ceiling"] == run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
     assert result["service_budget"] == 256  # the CPU default
+    assert (result["device"], result["dtype"]) == ("cpu", "float32")
     assert result["ceiling_int8"]["tokens"] == result["ceiling"]["tokens"]  # same chunks on both sides
     assert set(result["profile"]) == {"fp32, 1 window per pass", "fp32, 2 windows per pass", "int8, 1 window per pass"}
     assert any(
@@ -44,3 +45,30 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert "old table" not in text and text.endswith("notes kept across runs\n")
     assert "| service, concurrency 4 |" in text and "ms per window" in text
     assert report.with_suffix(".png").stat().st_size > 0
+
+
+def test_random_bert_serves_like_a_checkpoint(tmp_path: Path) -> None:
+    """The BERT-base stand-in for GPU speed runs: a local checkpoint `load_model` reads like a trained one."""
+    from app.model import load_model
+    from benchmarks.random_model import LABELS, write_random_bert
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model_dir = write_random_bert(tmp_path / "random-bert", **small)
+    loaded = load_model(model_dir, device="cpu")
+    assert loaded.labels == list(LABELS) and loaded.metadata["max_length"] == 512
+    ids = loaded.tokenizer("a random model still reads text")["input_ids"]
+    assert loaded.forward([ids, ids[:3]]).shape == (2, len(LABELS))
+    assert (
+        write_random_bert(tmp_path / "again", **small).joinpath("model.safetensors").read_bytes()
+        == (model_dir / "model.safetensors").read_bytes()
+    )  # seeded: the same weights every time
+
+
+def test_default_report_keeps_gpu_and_bert_base_runs_apart() -> None:
+    from argparse import Namespace
+
+    from app.cli import _default_report
+
+    assert _default_report(Namespace(device="cpu", random_bert_base=False)) == Path("docs/benchmarks.md")
+    assert _default_report(Namespace(device="cuda", random_bert_base=False)) == Path("docs/benchmarks-gpu.md")
+    assert _default_report(Namespace(device="cuda", random_bert_base=True)) == Path("docs/benchmarks-gpu-bert-base.md")
