@@ -115,20 +115,21 @@ def _bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import BenchOptions, run_bench
     from benchmarks.random_model import write_random_bert
 
-    model_dir = args.model_dir
-    if args.random_bert_base:  # speed of a BERT-base-sized model: random weights, the bundled tokenizer
-        model_dir = write_random_bert(Path(tempfile.mkdtemp(prefix="longdoc-bert-base-")) / "random-bert-base")
-    options = BenchOptions(
-        model_dir=model_dir, concurrencies=args.concurrency, int8=not args.no_int8, device=args.device
-    )
-    if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
-        options.short, options.medium, options.long, options.real = 3, 1, 0, 2
-        options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
-        options.profile_windows = 2
-    if args.results_dir:
-        options.results_dir = args.results_dir
-    options.report = args.report or _default_report(args)
-    run_bench(options)
+    with tempfile.TemporaryDirectory(prefix="longdoc-bench-") as scratch:
+        model_dir = args.model_dir
+        if args.random_bert_base:  # speed of a BERT-base-sized model: random weights, the bundled tokenizer
+            model_dir = write_random_bert(Path(scratch) / "random-bert-base")
+        options = BenchOptions(
+            model_dir=model_dir, concurrencies=args.concurrency, int8=not args.no_int8, device=args.device
+        )
+        if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
+            options.short, options.medium, options.long, options.real = 3, 1, 0, 2
+            options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
+            options.profile_windows = 2
+        if args.results_dir:
+            options.results_dir = args.results_dir
+        options.report = args.report or _default_report(args)
+        run_bench(options)
     return 0
 
 
