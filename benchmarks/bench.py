@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import torch
 
-from app.model import LoadedModel, load_model, read_model_metadata, resolve_device
+from app.model import LoadedModel, load_model, read_model_metadata
 from app.segmenter import Segmenter
 from app.settings import BUNDLED_MODEL, GPU_BATCH_TOKENS, available_cpus
 from benchmarks.profile import profile_engines, report_lines
@@ -63,7 +63,16 @@ class BenchOptions:
 class Doc:
     text: str
     kind: str
-    chunk_tokens: int  # non-padding tokens of all its windows (what the engine really computes)
+    chunks: list[list[int]]  # the token ids of its windows, as the service will cut them
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Non-padding tokens of all its windows: what the engine really computes."""
+        return sum(len(ids) for ids in self.chunks)
+
+
+def _doc(segmenter: Segmenter, text: str, kind: str) -> Doc:
+    return Doc(text, kind, [chunk.input_ids for chunk in segmenter.segment(text).chunks])
 
 
 def _text_with_tokens(segmenter: Segmenter, vocabulary: list[str], tokens: int, rng: random.Random) -> str:
@@ -89,7 +98,7 @@ def build_corpus(segmenter: Segmenter, options: BenchOptions, scale: int = 1) ->
         texts += [(kind, _text_with_tokens(segmenter, vocabulary, tokens, rng)) for _ in range(count * scale)]
     texts += [("real", text) for text in rng.sample(articles, min(options.real * scale, len(articles)))]
     rng.shuffle(texts)
-    return [Doc(text, kind, sum(len(c.input_ids) for c in segmenter.segment(text).chunks)) for kind, text in texts]
+    return [_doc(segmenter, text, kind) for kind, text in texts]
 
 
 def _batches(chunks: list[list[int]], budget: int) -> list[list[list[int]]]:
@@ -267,9 +276,13 @@ def fairness(url: str, segmenter: Segmenter, options: BenchOptions, concurrency:
     rng = random.Random(options.seed + 1)
     articles = [json.loads(line)["text"] for line in TRAIN_DATA.read_text(encoding="utf-8").splitlines()]
     vocabulary = " ".join(articles[:200]).split()
-    longs = [Doc(_text_with_tokens(segmenter, vocabulary, 8000, rng), "long", 0) for _ in range(options.fairness_long)]
+    longs = [
+        _doc(segmenter, _text_with_tokens(segmenter, vocabulary, 8000, rng), "long")
+        for _ in range(options.fairness_long)
+    ]
     shorts = [
-        Doc(_text_with_tokens(segmenter, vocabulary, 300, rng), "short", 0) for _ in range(options.fairness_short)
+        _doc(segmenter, _text_with_tokens(segmenter, vocabulary, 300, rng), "short")
+        for _ in range(options.fairness_short)
     ]
     # Half the clients start on long documents; the shorts then arrive interleaved with the remaining longs.
     head = min(len(longs), concurrency // 2)
@@ -280,8 +293,6 @@ def fairness(url: str, segmenter: Segmenter, options: BenchOptions, concurrency:
         if index < len(remaining):
             mixed.append(remaining[index])
     mixed += remaining[len(shorts) :]
-    for d in mixed:
-        d.chunk_tokens = sum(len(c.input_ids) for c in segmenter.segment(d.text).chunks)
     run = asyncio.run(drive(url, mixed, concurrency))
     short_latency = [run["latency_by_index"][i] for i, d in enumerate(mixed) if d.kind == "short"]
     long_latency = [run["latency_by_index"][i] for i, d in enumerate(mixed) if d.kind == "long"]
@@ -321,10 +332,9 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     log = options.log
     threads = available_cpus()
     torch.set_num_threads(threads)
-    device = resolve_device(options.device)
     meta = read_model_metadata(options.model_dir)
-    # dtype as the service runs it: bfloat16 on a GPU, float32 on a CPU
-    model = load_model(options.model_dir, device="cuda" if device.type == "cuda" else "cpu")
+    model = load_model(options.model_dir, device=options.device)  # dtype as served: bf16 on a GPU, fp32 on a CPU
+    device = model.device
     segmenter = Segmenter(model.tokenizer, int(meta.get("max_length", 512)), int(meta.get("stride", 0)))
     docs = build_corpus(segmenter, options, options.scale or (GPU_SCALE if device.type == "cuda" else 1))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -344,7 +354,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "corpus_tokens": sum(d.chunk_tokens for d in docs),
     }
     log(f"engine-only ceiling ({model.dtype_name}):")
-    chunks = [c.input_ids for d in docs for c in segmenter.segment(d.text).chunks]  # what the service will run
+    chunks = [ids for d in docs for ids in d.chunks]  # what the service will run
     sweep = options.budgets or (GPU_BUDGETS if device.type == "cuda" else CPU_BUDGETS)
     budgets = [b for b in sweep if b >= segmenter.max_length] or [max(sweep)]
     result["ceiling"] = engine_ceiling(model, chunks, budgets, log)
