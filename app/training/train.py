@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,9 +47,29 @@ class TrainConfig:
     max_chunks_per_doc: int = 4
     class_weighting: bool = False
     freeze_layers: int = 0
+    encoder_layers: int | None = None
+    head_init: Literal["random", "probe"] = "random"
+    probe_c: float = 0.01
     early_stopping_patience: int = 1
     seed: int = 0
     num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a recipe that would train nothing or something other than what it says, before any work."""
+        if self.head_init not in ("random", "probe"):
+            raise ValueError(f"head_init must be 'random' or 'probe', got {self.head_init!r}")
+        if self.epochs < 0 or (self.epochs == 0 and self.head_init != "probe"):
+            raise ValueError(f"epochs must be at least 1 (0 only with head_init 'probe'), got {self.epochs}")
+        mean_aggregations = (Aggregation.MEAN_LOGITS, Aggregation.WEIGHTED_MEAN_LOGITS)
+        if self.epochs == 0 and self.aggregation not in mean_aggregations:
+            raise ValueError(
+                f"a probe alone (epochs 0) is exact only for aggregation mean_logits or weighted_mean_logits, "
+                f"got {self.aggregation}"
+            )
+        if self.probe_c <= 0:
+            raise ValueError(f"probe_c must be positive, got {self.probe_c}")
+        if self.encoder_layers is not None and self.encoder_layers < 1:
+            raise ValueError(f"encoder_layers must be at least 1, got {self.encoder_layers}")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,18 +119,32 @@ def encode_docs(segmenter: Segmenter, examples: Sequence[Example], label2id: dic
     return docs
 
 
-def load_base_model(base_dir: Path, labels: Sequence[str], pooling: Pooling = "cls") -> tuple[Any, Any]:
-    """Tokenizer and a fresh classification head (reading `pooling`) on a local encoder checkpoint."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_base_model(
+    base_dir: Path, labels: Sequence[str], pooling: Pooling = "cls", encoder_layers: int | None = None
+) -> tuple[Any, Any]:
+    """Tokenizer and a fresh classification head (reading `pooling`) on a local encoder checkpoint.
+
+    `encoder_layers` keeps only the first N transformer layers: a sentence encoder's last layer is tuned
+    for semantic similarity, and the layers below it can carry more of the style a classifier needs (and
+    cost less to run). The result is still a standard checkpoint, with `num_hidden_layers` = N.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, use_fast=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    config = AutoConfig.from_pretrained(
         base_dir,
         local_files_only=True,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-        attn_implementation="sdpa",
+    )
+    if encoder_layers is not None:
+        available = int(config.num_hidden_layers)
+        if not 1 <= encoder_layers <= available:
+            raise ValueError(f"encoder_layers must be between 1 and {available} for {base_dir}, got {encoder_layers}")
+        config.num_hidden_layers = encoder_layers
+    model = AutoModelForSequenceClassification.from_pretrained(  # a base's own head for other labels is replaced
+        base_dir, config=config, local_files_only=True, attn_implementation="sdpa", ignore_mismatched_sizes=True
     )
     return tokenizer, with_pooling(model, pooling)
 
@@ -127,9 +161,9 @@ def _freeze(model: Any, layers: int) -> None:
 
 
 def _parameter_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
-    """Encoder at `learning_rate`; the freshly initialised head (outside the encoder) at `head_learning_rate`.
+    """Encoder at `learning_rate`; the head (outside the encoder) at `head_learning_rate`.
 
-    A new head starts from random weights and, at an encoder's fine-tuning rate, barely moves in a few
+    A new random head (head_init 'random'), at an encoder's fine-tuning rate, barely moves in a few
     hundred steps; its own larger rate lets it catch up without shaking the pretrained encoder.
     """
     encoder = {id(p) for p in model.base_model.parameters()}
@@ -150,17 +184,15 @@ def _class_weights(docs: Sequence[EncodedDoc], num_labels: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def predict_chunk_logits(
-    model: Any, docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int = 16384
-) -> list[torch.Tensor]:
-    """Every window of every document through the model, in length-sorted token-budget batches.
+def _window_batches(
+    docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]]:
+    """Every window of every document, in length-sorted token-budget batches: (doc, window) pairs, ids, mask.
 
-    A budget of 0 gives one window per forward pass.
+    A budget of 0 gives one window per batch.
     """
-    model.eval()
     flat = [(d, c) for d, doc in enumerate(docs) for c in range(len(doc.chunks))]
     flat.sort(key=lambda dc: len(docs[dc[0]].chunks[dc[1]]))
-    out: list[list[torch.Tensor | None]] = [[None] * len(doc.chunks) for doc in docs]
     start = 0
     while start < len(flat):
         end = start
@@ -171,12 +203,115 @@ def predict_chunk_logits(
             end += 1
         batch = flat[start:end]
         input_ids, mask = pad_chunks([docs[d].chunks[c] for d, c in batch], pad_id)
+        yield batch, input_ids, mask
+        start = end
+
+
+def _per_document(docs: Sequence[EncodedDoc], rows: dict[tuple[int, int], torch.Tensor]) -> list[torch.Tensor]:
+    """Rows computed in length-sorted batches, put back in document order: one (chunks, ...) tensor each."""
+    return [torch.stack([rows[(d, c)] for c in range(len(doc.chunks))]) for d, doc in enumerate(docs)]
+
+
+def predict_chunk_logits(
+    model: Any, docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int = 16384
+) -> list[torch.Tensor]:
+    """Chunk logits (chunks, labels) of every document; a budget of 0 runs one window per forward pass."""
+    model.eval()
+    rows: dict[tuple[int, int], torch.Tensor] = {}
+    for batch, input_ids, mask in _window_batches(docs, pad_id, max_batch_tokens):
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        for row, (d, c) in enumerate(batch):
-            out[d][c] = logits[row]
-        start = end
-    return [torch.stack([t for t in doc if t is not None]) for doc in out]
+        rows.update(zip(batch, logits, strict=True))
+    return _per_document(docs, rows)
+
+
+def head_layer(model: Any) -> torch.nn.Linear:
+    """The Linear layer that turns a window's pooled vector into logits (BERT-style heads only)."""
+    head = getattr(getattr(model, "inner", model), "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"a probe needs a BERT-style head (one Linear classifier); {type(model).__name__} has "
+            f"{type(head).__name__}, use head_init 'random'"
+        )
+    return head
+
+
+def window_features(
+    model: Any, docs: Sequence[EncodedDoc], pad_id: int, max_batch_tokens: int = 16384
+) -> list[torch.Tensor]:
+    """Each window's head input (chunks, hidden): what the classifier Linear reads, captured by a hook."""
+    head = head_layer(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float()))
+    model.eval()
+    rows: dict[tuple[int, int], torch.Tensor] = {}
+    try:
+        for batch, input_ids, mask in _window_batches(docs, pad_id, max_batch_tokens):
+            captured.clear()
+            with torch.inference_mode():
+                model(input_ids=input_ids, attention_mask=mask)
+            rows.update(zip(batch, captured[0], strict=True))
+    finally:
+        hook.remove()
+    return _per_document(docs, rows)
+
+
+def fit_probe_head(model: Any, docs: Sequence[EncodedDoc], pad_id: int, num_labels: int, config: TrainConfig) -> float:
+    """Set the head to an L2-regularised logistic regression on the frozen encoder's document vectors.
+
+    A document's vector is the mean of its windows' head inputs (token-weighted for
+    `weighted_mean_logits`), so with a mean aggregation the probe's document logits are exactly what the
+    service computes: the mean of a linear map is the linear map of the mean. Features are standardised
+    for the fit and the scaling is folded back into the Linear weights, so the checkpoint stays a plain
+    one. Fine-tuning from this head (LP-FT) starts from a classifier that already works instead of a
+    random one whose first gradients drag the encoder around. Returns the probe's training accuracy.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    weighted = config.aggregation is Aggregation.WEIGHTED_MEAN_LOGITS
+    vectors = []
+    for doc, windows in zip(docs, window_features(model, docs, pad_id), strict=True):
+        weights = torch.tensor(doc.token_counts if weighted else [1] * len(doc.chunks), dtype=torch.float32)
+        vectors.append((windows * weights.unsqueeze(1)).sum(dim=0) / weights.sum())
+    features = torch.stack(vectors).double().numpy()
+    labels = np.array([d.label for d in docs])
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"a probe needs at least two labels in the training data, got {np.unique(labels).tolist()}")
+    # Per-feature scaling, floored so a near-constant feature cannot get a huge folded weight (and a huge
+    # bias that cancels it) that the fp16 checkpoint would round badly.
+    mean = features.mean(axis=0)
+    scale = np.maximum(features.std(axis=0), 1e-2 * float(np.median(features.std(axis=0)))) + 1e-6
+    standardised = (features - mean) / scale
+    probe = LogisticRegression(
+        C=config.probe_c, max_iter=5000, class_weight="balanced" if config.class_weighting else None
+    ).fit(standardised, labels)
+    coef = probe.coef_ / scale
+    intercept = probe.intercept_ - coef @ mean
+    weight = np.zeros((num_labels, features.shape[1]))
+    bias = np.zeros(num_labels)
+    if len(probe.classes_) == 2:  # one logit z for the second class: split it as -z/2, +z/2
+        weight[probe.classes_[0]], weight[probe.classes_[1]] = -coef[0] / 2, coef[0] / 2
+        bias[probe.classes_[0]], bias[probe.classes_[1]] = -intercept[0] / 2, intercept[0] / 2
+    else:
+        weight[probe.classes_], bias[probe.classes_] = coef, intercept
+    bias[np.setdiff1d(np.arange(num_labels), probe.classes_)] = -1e4  # a label never seen is never predicted
+    head = head_layer(model)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    _check_half_precision(features @ weight.T + bias, features, weight, bias)
+    return float(probe.score(standardised, labels))
+
+
+def _check_half_precision(logits: np.ndarray, features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Warn when the folded head would decide differently once saved as fp16 (the checkpoint's dtype)."""
+    half = features @ weight.astype(np.float16).astype(np.float64).T + bias.astype(np.float16).astype(np.float64)
+    drift = float(np.abs(half - logits).max())
+    flipped = int((half.argmax(axis=1) != logits.argmax(axis=1)).sum())
+    largest = float(np.abs(weight).max()), float(np.abs(bias).max())
+    log.info("probe head: max |weight| %.3g, max |bias| %.3g, fp16 logit drift %.2g", *largest, drift)
+    if flipped:
+        log.warning("probe head: %d training documents change label with fp16 weights (drift %.2g)", flipped, drift)
 
 
 def _step_loss(
@@ -236,8 +371,12 @@ def train_model(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     seed_everything(config.seed)
-    tokenizer, model = load_base_model(base_dir, labels, config.pooling)
+    started = time.perf_counter()
+    tokenizer, model = load_base_model(base_dir, labels, config.pooling, config.encoder_layers)
     pad_id = int(tokenizer.pad_token_id or 0)
+    if config.head_init == "probe":
+        probe_accuracy = fit_probe_head(model, train_docs, pad_id, len(labels), config)
+        log.info("%s: probe head fitted (C=%g), training accuracy %.3f", description, config.probe_c, probe_accuracy)
     _freeze(model, config.freeze_layers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), weight_decay=config.weight_decay)
@@ -249,7 +388,6 @@ def train_model(
     rng = random.Random(config.seed)
     result = TrainResult(model=model)
     best_f1, best_state, stale = -1.0, None, 0
-    started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = list(range(len(train_docs)))

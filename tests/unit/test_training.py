@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from app.segmenter import Segmenter
 from app.training.data import DataError, Example, load_examples
 from app.training.evaluate import FIRST_WINDOW, evaluate_records, predict_examples, write_records
 from app.training.pipeline import stratified_folds
-from app.training.train import TrainConfig, encode_docs, train_model
+from app.training.train import TrainConfig, encode_docs, predict_chunk_logits, train_model
 from tests.conftest import build_tiny_bert
 
 FILLER = [
@@ -39,12 +40,12 @@ FILLER = [
 ]
 
 
-def late_keyword_corpus(n: int, seed: int) -> list[Example]:
+def late_keyword_corpus(n: int, seed: int, labels: tuple[str, ...] = ("zebra", "giraffe")) -> list[Example]:
     """~90-word documents whose label is decided by a word in the last 15 words only."""
     rng = random.Random(seed)
     examples = []
     for i in range(n):
-        label = "zebra" if i % 2 == 0 else "giraffe"
+        label = labels[i % len(labels)]
         words = [rng.choice(FILLER) for _ in range(90)]
         words[rng.randrange(75, 90)] = label
         examples.append(Example(text=" ".join(words), label=label))
@@ -56,8 +57,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("base"))
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path, pooling: str) -> None:
+@pytest.mark.parametrize(("pooling", "head_init"), [("cls", "random"), ("mean", "random"), ("mean", "probe")])
+def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path, pooling: str, head_init: str) -> None:
     train, test = late_keyword_corpus(48, seed=1), late_keyword_corpus(40, seed=2)
     labels = ["giraffe", "zebra"]
     config = TrainConfig(
@@ -70,6 +71,7 @@ def test_chunk_aware_training_learns_what_only_late_windows_show(tiny_base: Path
         docs_per_step=8,
         max_chunks_per_doc=8,
         warmup_ratio=0.0,
+        head_init=head_init,  # type: ignore[arg-type]
         seed=0,
         num_threads=2,
     )
@@ -96,6 +98,70 @@ def test_training_is_deterministic_with_a_seed(tiny_base: Path) -> None:
     second = train_model(tiny_base, ["giraffe", "zebra"], docs, config, progress=False)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("present", [("giraffe", "zebra"), ("giraffe", "okapi", "zebra")])
+def test_probe_head_is_the_logistic_regression_on_the_truncated_encoder(
+    tiny_base: Path, tmp_path: Path, present: tuple[str, ...]
+) -> None:
+    """epochs 0 + probe serves scikit-learn's fit on layer-1 mean-pooled windows, before and after the fp16 save.
+
+    The model has a label ("unused") that no training document carries: it must never be predicted.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel, AutoTokenizer
+
+    from app.model import load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    labels = [*present, "unused"]
+    label2id = {label: i for i, label in enumerate(labels)}
+    segmenter = Segmenter(tokenizer, 32, 0)
+    train = encode_docs(segmenter, late_keyword_corpus(15 * len(present), seed=8, labels=present), label2id)
+    test = encode_docs(segmenter, late_keyword_corpus(12, seed=9, labels=present), label2id)
+    config = TrainConfig(max_length=32, stride=0, pooling="mean", encoder_layers=1, head_init="probe", epochs=0)
+    model = train_model(tiny_base, labels, train, config, progress=False).model
+    assert model.config.num_hidden_layers == 1 and len(model.base_model.encoder.layer) == 1
+
+    encoder = AutoModel.from_pretrained(tiny_base).eval()  # both layers; the probe must read layer 1
+
+    def document_vectors(docs: list[Any]) -> Any:
+        vectors = []
+        for doc in docs:
+            windows = []
+            for ids in doc.chunks:
+                with torch.no_grad():
+                    states = encoder(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
+                windows.append(states[0].mean(dim=0))
+            vectors.append(torch.stack(windows).mean(dim=0))
+        return torch.stack(vectors).double().numpy()
+
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=config.probe_c, max_iter=5000))
+    reference.fit(document_vectors(train), [d.label for d in train])
+    expected = reference.predict_proba(document_vectors(test))  # columns: the present labels' ids, in order
+    served = torch.stack(
+        [torch.softmax(logits.mean(dim=0), dim=-1) for logits in predict_chunk_logits(model, test, 0)]
+    ).numpy()
+    assert served[:, : len(present)] == pytest.approx(expected, abs=1e-4)
+    assert served[:, label2id["unused"]].max() < 1e-6
+
+    model.half().save_pretrained(tmp_path, safe_serialization=True)  # as `longdoc train` stores it
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "longdoc.json").write_text(json.dumps({"max_length": 32, "stride": 0, "pooling": "mean"}))
+    loaded = load_model(tmp_path, device="cpu")
+    reloaded = np.stack([torch.softmax(loaded.forward(d.chunks).float().mean(dim=0), -1).numpy() for d in test])
+    assert reloaded == pytest.approx(served, abs=1e-2)
+    assert (reloaded.argmax(axis=1) == served.argmax(axis=1)).all()
+
+
+def test_a_recipe_without_training_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="epochs must be at least 1 \\(0 only with head_init 'probe'\\), got 0"):
+        TrainConfig(epochs=0)
+    args = ["train", "--data", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "m"), "--probe-c", "0"]
+    assert cli_main(args) == 2
+    assert "probe_c must be positive, got 0.0" in capsys.readouterr().err
 
 
 def _records_file(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
