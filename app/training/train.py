@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,7 @@ def load_base_model(
     cost less to run). The result is still a standard checkpoint, with `num_hidden_layers` = N.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, use_fast=True)
     config = AutoConfig.from_pretrained(
@@ -143,10 +145,39 @@ def load_base_model(
         if not 1 <= encoder_layers <= available:
             raise ValueError(f"encoder_layers must be between 1 and {available} for {base_dir}, got {encoder_layers}")
         config.num_hidden_layers = encoder_layers
-    model = AutoModelForSequenceClassification.from_pretrained(  # a base's own head for other labels is replaced
-        base_dir, config=config, local_files_only=True, attn_implementation="sdpa", ignore_mismatched_sizes=True
-    )
+    previous = hf_logging.get_verbosity()
+    # Its load report lists every dropped key as a warning; `_log_loading` says what matters in one line.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(  # a base's head for other labels is replaced
+            base_dir,
+            config=config,
+            local_files_only=True,
+            attn_implementation="sdpa",
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+    _log_loading(base_dir, info)
     return tokenizer, with_pooling(model, pooling)
+
+
+def _log_loading(base_dir: Path, info: dict[str, Any]) -> None:
+    """One line for what is expected (a new head, dropped layers); a warning for encoder weights left random."""
+    missing = sorted(info.get("missing_keys", ()))
+    untrained = [k for k in missing if not (k.startswith("classifier.") or "pooler." in k)]
+    unused = sorted(info.get("unexpected_keys", ()))
+    dropped = {m.group(1) for k in unused if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
+    log.info(
+        "base %s: %d weight(s) new (the head), %d layer(s) dropped, %d weight(s) unused",
+        base_dir,
+        len(missing),
+        len(dropped),
+        len(unused),
+    )
+    if untrained:
+        log.warning("base %s lacks %d encoder weights, left random: %s", base_dir, len(untrained), untrained[:5])
 
 
 def _freeze(model: Any, layers: int) -> None:

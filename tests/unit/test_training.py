@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def test_training_is_deterministic_with_a_seed(tiny_base: Path) -> None:
 
 @pytest.mark.parametrize("present", [("giraffe", "zebra"), ("giraffe", "okapi", "zebra")])
 def test_probe_head_is_the_logistic_regression_on_the_truncated_encoder(
-    tiny_base: Path, tmp_path: Path, present: tuple[str, ...]
+    tiny_base: Path, tmp_path: Path, present: tuple[str, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
     """epochs 0 + probe serves scikit-learn's fit on layer-1 mean-pooled windows, before and after the fp16 save.
 
@@ -122,8 +123,10 @@ def test_probe_head_is_the_logistic_regression_on_the_truncated_encoder(
     train = encode_docs(segmenter, late_keyword_corpus(15 * len(present), seed=8, labels=present), label2id)
     test = encode_docs(segmenter, late_keyword_corpus(12, seed=9, labels=present), label2id)
     config = TrainConfig(max_length=32, stride=0, pooling="mean", encoder_layers=1, head_init="probe", epochs=0)
-    model = train_model(tiny_base, labels, train, config, progress=False).model
+    with caplog.at_level(logging.INFO, logger="app.training.train"):
+        model = train_model(tiny_base, labels, train, config, progress=False).model
     assert model.config.num_hidden_layers == 1 and len(model.base_model.encoder.layer) == 1
+    assert "1 layer(s) dropped" in caplog.text and "left random" not in caplog.text
 
     encoder = AutoModel.from_pretrained(tiny_base).eval()  # both layers; the probe must read layer 1
 
