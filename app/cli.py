@@ -59,28 +59,23 @@ def _train(args: argparse.Namespace) -> int:
     from app.training.data import DataError
     from app.training.pipeline import PipelineOptions, run_pipeline
 
-    try:
-        config = _train_config(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    options = PipelineOptions(
-        data=args.data,
-        base_model=args.base or default_base_model(),
-        output=args.output,
-        config=config,
-        k_fold=args.k_fold,
-        eval_strides=args.eval_strides,
-        seed_spread=args.seed_spread,
-        progress=not args.no_progress,
-        data_name=str(args.data),
-        skip_final=args.skip_final,
-        eval_int8=args.eval_int8,
-        resume=args.resume,
-    )
-    try:
+    try:  # bad data, or a recipe the options or the base model cannot take
+        options = PipelineOptions(
+            data=args.data,
+            base_model=args.base or default_base_model(),
+            output=args.output,
+            config=_train_config(args),
+            k_fold=args.k_fold,
+            eval_strides=args.eval_strides,
+            seed_spread=args.seed_spread,
+            progress=not args.no_progress,
+            data_name=str(args.data),
+            skip_final=args.skip_final,
+            eval_int8=args.eval_int8,
+            resume=args.resume,
+        )
         summary = run_pipeline(options)
-    except (DataError, ValueError) as exc:  # bad data, or a recipe the base model cannot take
+    except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serving = summary["serving"]

@@ -167,7 +167,7 @@ def _log_loading(base_dir: Path, info: dict[str, Any]) -> None:
     """One line for what is expected (a new head, dropped layers); a warning for encoder weights left random."""
     missing = sorted(info.get("missing_keys", ()))
     untrained = [k for k in missing if not (k.startswith("classifier.") or "pooler." in k)]
-    unused = sorted(info.get("unexpected_keys", ()))
+    unused = info.get("unexpected_keys", ())
     dropped = {m.group(1) for k in unused if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
     log.info(
         "base %s: %d weight(s) new (the head), %d layer(s) dropped, %d weight(s) unused",
@@ -299,19 +299,22 @@ def fit_probe_head(model: Any, docs: Sequence[EncodedDoc], pad_id: int, num_labe
     """
     from sklearn.linear_model import LogisticRegression
 
+    # The service's own mean over windows (token-weighted or not), applied to the head's inputs.
     weighted = config.aggregation is Aggregation.WEIGHTED_MEAN_LOGITS
-    vectors = []
-    for doc, windows in zip(docs, window_features(model, docs, pad_id), strict=True):
-        weights = torch.tensor(doc.token_counts if weighted else [1] * len(doc.chunks), dtype=torch.float32)
-        vectors.append((windows * weights.unsqueeze(1)).sum(dim=0) / weights.sum())
+    mean_of = Aggregation.WEIGHTED_MEAN_LOGITS if weighted else Aggregation.MEAN_LOGITS
+    vectors = [
+        aggregate(windows, torch.tensor(doc.token_counts), mean_of)
+        for doc, windows in zip(docs, window_features(model, docs, pad_id), strict=True)
+    ]
     features = torch.stack(vectors).double().numpy()
     labels = np.array([d.label for d in docs])
-    if len(np.unique(labels)) < 2:
-        raise ValueError(f"a probe needs at least two labels in the training data, got {np.unique(labels).tolist()}")
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError(f"a probe needs at least two labels in the training data, got {present.tolist()}")
     # Per-feature scaling, floored so a near-constant feature cannot get a huge folded weight (and a huge
     # bias that cancels it) that the fp16 checkpoint would round badly.
-    mean = features.mean(axis=0)
-    scale = np.maximum(features.std(axis=0), 1e-2 * float(np.median(features.std(axis=0)))) + 1e-6
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    scale = np.maximum(std, 1e-2 * float(np.median(std))) + 1e-6
     standardised = (features - mean) / scale
     probe = LogisticRegression(
         C=config.probe_c, max_iter=5000, class_weight="balanced" if config.class_weighting else None
@@ -330,12 +333,13 @@ def fit_probe_head(model: Any, docs: Sequence[EncodedDoc], pad_id: int, num_labe
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
-    _check_half_precision(features @ weight.T + bias, features, weight, bias)
+    _check_half_precision(features, weight, bias)
     return float(probe.score(standardised, labels))
 
 
-def _check_half_precision(logits: np.ndarray, features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+def _check_half_precision(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
     """Warn when the folded head would decide differently once saved as fp16 (the checkpoint's dtype)."""
+    logits = features @ weight.T + bias
     half = features @ weight.astype(np.float16).astype(np.float64).T + bias.astype(np.float16).astype(np.float64)
     drift = float(np.abs(half - logits).max())
     flipped = int((half.argmax(axis=1) != logits.argmax(axis=1)).sum())
