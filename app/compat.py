@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import ServiceDep, classify, require_api_key, require_json
@@ -86,18 +86,18 @@ class TeiPredictRequest(BaseModel):
         description='A string, `["string"]`, or a batch of single-element lists `[["a"], ["b"]]`.',
         examples=["A long article ...", [["first article"], ["second article"]]],
     )
-    truncate: bool | None = Field(
+    truncate: StrictBool | None = Field(
         None, description="Accepted and ignored: nothing is truncated, long inputs are chunked."
     )
     truncation_direction: str | None = Field(None, description="Accepted and ignored, like `truncate`.")
-    raw_scores: bool = Field(False, description="Scores before the activation (see docs/clients.md).")
+    raw_scores: StrictBool = Field(False, description="Scores before the activation (see docs/clients.md).")
 
 
 FunctionToApply = Literal["sigmoid", "softmax", "none"]
 
 
 class TextClassificationParameters(BaseModel):
-    top_k: Annotated[int, Field(ge=1)] | None = Field(None, description="Only the k best labels.")
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="Only the k best labels.")
     function_to_apply: FunctionToApply | None = Field(
         None, description="Default: the model's own (softmax, or sigmoid for a multi-label model)."
     )

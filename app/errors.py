@@ -92,6 +92,14 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"type": error_type, "message": message}}
 
 
+def unhandled_error(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """A bug: 500 with the exception named. Sent by RequestContextMiddleware, inside the request-id wrapper,
+    because Starlette's own last-resort handler runs outside every user middleware (no X-Request-ID) and
+    re-raises, which makes the server drop the keep-alive connection."""
+    log.exception("unhandled error")
+    return 500, error_body("internal_error", f"{type(exc).__name__}: {exc}")
+
+
 def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     """Malformed JSON (and undecodable bytes) is a 400; a well-formed body of the wrong shape is a 422."""
     errors = exc.errors()
@@ -127,8 +135,3 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(error_type, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
         )
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), 500)

@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        strict_content_type=False,  # a body without Content-Type is read as JSON; require_json refuses other types
     )
     app.state.settings = settings
     app.state.metrics = metrics

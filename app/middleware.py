@@ -14,9 +14,10 @@ import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import error_body, unhandled_error
 from app.metrics import Metrics
 
 access_log = logging.getLogger("longdoc.access")
@@ -66,11 +67,11 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["received_at"] = started
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode("latin-1"))]
             await send(message)
@@ -101,11 +102,14 @@ class RequestContextMiddleware:
                 )
             else:
                 await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            if status["started"]:  # half a response is out: only closing the connection is left
+                raise
+            await _send_json(send_with_id, *unhandled_error(exc))
         finally:
             self.in_flight.leave()
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = _endpoint(scope)
             self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
             self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
             stats = state.get("stats")
@@ -123,6 +127,21 @@ class RequestContextMiddleware:
                     }
                 },
             )
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route template for the metrics label. A request refused before routing (a 413 on its declared
+    length) or served by a plain Starlette route (/docs) is matched against the app's routes here, so no
+    real traffic hides as "unmatched"; the path stands for the template, as no route has path parameters."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    router = getattr(scope.get("app"), "router", None)
+    for candidate in getattr(router, "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match is not Match.NONE:
+            return str(scope.get("path", "unmatched"))
+    return "unmatched"
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

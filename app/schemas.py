@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.aggregate import Aggregation
 
@@ -16,12 +16,12 @@ class ClassifyRequest(BaseModel):
 
     text: StrictStr | None = Field(None, description="One document of any length.")
     texts: list[StrictStr] | None = Field(None, description="Several documents; results keep this order.")
-    return_chunks: bool = Field(False, description="Add per-chunk spans, scores and contributions.")
+    return_chunks: StrictBool = Field(False, description="Add per-chunk spans, scores and contributions.")
     aggregation: Aggregation | None = Field(None, description="Override the configured aggregation.")
-    max_chunks: Annotated[int, Field(ge=1)] | None = Field(
+    max_chunks: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="Classify from at most this many leading chunks per text (`truncated` says so)."
     )
-    top_k_chunks: Annotated[int, Field(ge=0, le=100)] = Field(
+    top_k_chunks: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
         3, description="With return_chunks: how many most decisive chunks to list with excerpts."
     )
 

@@ -11,7 +11,7 @@ import torch
 
 from app.aggregate import Aggregation, activate, aggregate, contributions
 from app.batcher import Batcher
-from app.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge
+from app.errors import BadRequest, DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge
 from app.metrics import Metrics
 from app.model import Engine
 from app.schemas import (
@@ -124,6 +124,13 @@ class ClassifierService:
                 )
             if not text.strip():
                 raise InvalidInput(f"{where} is empty or whitespace only")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRequest(
+                    f"{where} is not valid Unicode: lone surrogate U+{ord(text[exc.start]):04X} at character "
+                    f"{exc.start} (a JSON \\u escape of half a surrogate pair); send valid UTF-8 text"
+                ) from None
 
     async def _segment(self, texts: list[str], max_chunks: int | None) -> list[Segmented]:
         """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop."""

@@ -26,17 +26,26 @@ def test_serve_classifies_a_long_document(tmp_path: Path) -> None:
     text = long_text(20_000, seed=7)
     with longdoc_serve(port, tmp_path / "serve.log", log_json="true"):
         url = f"http://127.0.0.1:{port}"
-        info = httpx.get(f"{url}/info").json()
-        assert info["model"] == DEFAULT_MODEL.name
-        response = httpx.post(
-            f"{url}/classify", json={"text": text}, timeout=600, headers={"X-Request-ID": "long-doc-1"}
-        )
-        assert response.status_code == 200, response.text
-        body = response.json()
-        window = info["window_tokens"]
-        assert body["num_chunks"] == expected_chunk_count(body["num_tokens"], window, info["stride"])
-        assert body["num_tokens"] > 20_000 and body["label"] in info["labels"]
-        assert response.headers["x-request-id"] == "long-doc-1"
+        with httpx.Client(base_url=url, timeout=600) as client:  # one keep-alive connection throughout
+            info = client.get("/info").json()
+            assert info["model"] == DEFAULT_MODEL.name
+            response = client.post("/classify", json={"text": text}, headers={"X-Request-ID": "long-doc-1"})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            window = info["window_tokens"]
+            assert body["num_chunks"] == expected_chunk_count(body["num_tokens"], window, info["stride"])
+            assert body["num_tokens"] > 20_000 and body["label"] in info["labels"]
+            assert response.headers["x-request-id"] == "long-doc-1"
+            # Text the tokenizer cannot take (half a surrogate pair) is a 400 that keeps the connection usable.
+            bad = client.post(
+                "/classify",
+                content=b'{"text": "ab\\ud800cd"}',
+                headers={"content-type": "application/json", "X-Request-ID": "surrogate-1"},
+            )
+            assert bad.status_code == 400 and "U+D800 at character 2" in bad.json()["error"]["message"]
+            assert bad.headers["x-request-id"] == "surrogate-1"
+            bare = client.post("/classify", content=b'{"text": "a body without a content type"}')
+            assert bare.status_code == 200, bare.text  # read as JSON, as docs/operations.md promises
     access = [
         json.loads(line)
         for line in (tmp_path / "serve.log").read_text().splitlines()

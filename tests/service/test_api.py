@@ -183,6 +183,10 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
         (b'{"text": "a", "aggregation": "median"}', {}, 422, "invalid_input", "aggregation"),
         (b'{"text": "a", "max_chunks": 0}', {}, 422, "invalid_input", "max_chunks"),
         (b'{"text": "a", "surprise": 1}', {}, 422, "invalid_input", "surprise"),
+        (b'{"text": "a", "return_chunks": "yes"}', {}, 422, "invalid_input", "return_chunks"),
+        (b'{"text": "a", "top_k_chunks": "1"}', {}, 422, "invalid_input", "top_k_chunks"),
+        (b'{"text": "ab\\ud800cd"}', {}, 400, "bad_request", "lone surrogate U+D800 at character 2"),
+        (b'{"texts": ["ok", "x\\udfff"]}', {}, 400, "bad_request", "texts[1] is not valid Unicode"),
         (b'{"text": "a"}', {"content-type": "text/plain"}, 415, "unsupported_media_type", "text/plain"),
     ],
 )
@@ -234,6 +238,31 @@ async def test_limits_say_which_limit_and_value(client_factory: ClientFactory, f
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_rejected_total", reason="body_too_large") == 2
     assert metric_value(metrics, "longdoc_rejected_total", reason="payload_too_large") == 2
+    # refused before routing or while streaming, both still count under their route
+    assert metric_value(metrics, "longdoc_requests_total", endpoint="/classify", status="413") == 4
+
+
+async def test_body_without_content_type_is_read_as_json(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    async with client_factory(engine=fake_engine) as client:
+        response = await client.post("/classify", content=b'{"text": "no content type"}')
+        assert "content-type" not in response.request.headers
+        assert response.status_code == 200, response.text
+
+
+async def test_a_bug_answers_500_with_the_request_id(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    async with client_factory(engine=fake_engine) as client:
+        client.app.add_api_route("/broken", broken)  # type: ignore[attr-defined]
+        response = await client.get("/broken", headers={"X-Request-ID": "bug-1"})
+        assert_error(response, 500, "internal_error", "RuntimeError: a bug")
+        assert response.headers["x-request-id"] == "bug-1"
+        assert (await client.post("/classify", json={"text": "still fine"})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_requests_total", endpoint="/broken", status="500") == 1
 
 
 async def test_unknown_route_and_method_use_the_error_body(
