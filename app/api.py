@@ -154,8 +154,16 @@ async def health(request: Request) -> HealthResponse:
     return state
 
 
-@router.get("/health/live", summary="Live: the process answers HTTP")
-async def live() -> dict[str, str]:
+@router.get(
+    "/health/live",
+    responses=_errors(503),
+    summary="Live: the process answers HTTP and its inference worker has not died (else restart it)",
+)
+async def live(request: Request) -> dict[str, str]:
+    """200 while loading and draining too; 503 only for a dead worker, which nothing but a restart heals."""
+    service: ClassifierService | None = request.app.state.service
+    if service is not None and not service.draining and not service.batcher.running:
+        raise NotReady("the inference worker died; restart the process")
     return {"status": "alive"}
 
 

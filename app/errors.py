@@ -118,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LongdocError)
     async def _domain(request: Request, exc: LongdocError) -> JSONResponse:
-        if exc.status_code in REJECTION_STATUSES:
+        if exc.status_code in REJECTION_STATUSES and not request.url.path.startswith("/health"):
             request.app.state.metrics.rejected.labels(reason=exc.reason).inc()
         return JSONResponse(error_body(exc.error_type, exc.message), exc.status_code, headers=exc.headers)
 

@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.metrics = metrics
     app.state.service = None
     app.state.in_flight = in_flight
+    metrics.ready.set_function(lambda: float(app.state.service is not None and app.state.service.ready))
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(compat.router)

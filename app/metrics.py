@@ -50,7 +50,17 @@ class Metrics:
         self.document_tokens = Histogram(
             "longdoc_document_tokens", "Tokens per classified document.", buckets=DOC_TOKEN_BUCKETS, registry=r
         )
-        self.rejected = Counter("longdoc_rejected_total", "Requests refused before inference.", ["reason"], registry=r)
+        self.rejected = Counter(
+            "longdoc_rejected_total",
+            "Requests refused (401, 413, 429, 503) or past their deadline (504), by reason; health probes not counted.",
+            ["reason"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "longdoc_ready",
+            "1 while the replica takes work: model loaded and warmed up, inference worker running, not draining.",
+            registry=r,
+        )
         self.model_info = Gauge(
             "longdoc_model_info",
             "The served model (value 1).",

@@ -20,6 +20,7 @@ ALL_METRICS = [
     "longdoc_requests_total",
     "longdoc_request_duration_seconds",
     "longdoc_queue_depth",
+    "longdoc_ready",
     "longdoc_batch_size",
     "longdoc_batch_tokens",
     "longdoc_batch_padding_ratio",
@@ -68,6 +69,7 @@ async def test_health_info_and_request_id(client_factory: ClientFactory) -> None
         echoed = await client.get("/health", headers={"X-Request-ID": "abc-123"})
         assert echoed.headers["x-request-id"] == "abc-123"
         assert len(health.headers["x-request-id"]) == 32
+        assert metric_value((await client.get("/metrics")).text, "longdoc_ready") == 1
 
 
 class GpuFakeEngine(FakeEngine):
@@ -369,6 +371,9 @@ async def test_draining_answers_503(client_factory: ClientFactory, fake_engine: 
         assert_error(await client.get("/health"), 503, "draining")
         assert_error(await client.post("/classify", json={"text": "a"}), 503, "draining")
         assert (await client.get("/health/live")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_ready") == 0
+    assert metric_value(metrics, "longdoc_rejected_total", reason="draining") == 1  # the /classify, not the probe
 
 
 async def test_multi_label_model_lists_labels_over_threshold(tmp_path: Path, client_factory: ClientFactory) -> None:

@@ -14,6 +14,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import FakeEngine
 from tests.service.conftest import ClientFactory
+from tests.service.test_api import metric_value
 
 PATHOLOGICAL = {
     "one_megabyte_word": "x" * 1_000_000,
@@ -105,4 +106,9 @@ async def test_health_turns_503_when_the_worker_dies(client_factory: ClientFacto
         assert response.status_code == 503 and response.json()["error"]["type"] == "not_ready"
         classify = await client.post("/classify", json={"text": "anything"})
         assert classify.status_code == 503
-        assert (await client.get("/health/live")).status_code == 200
+        live = await client.get("/health/live")  # only a restart heals this: liveness tells the orchestrator
+        assert live.status_code == 503 and "worker died" in live.json()["error"]["message"]
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_ready") == 0
+    # the probes' own 503s are not client rejections; the refused /classify is
+    assert metric_value(metrics, "longdoc_rejected_total", reason="not_ready") == 1
