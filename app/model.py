@@ -235,7 +235,7 @@ def load_model(
         tokenizer=tokenizer,
         labels=labels,
         multi_label=config.problem_type == "multi_label_classification",
-        max_positions=_position_limit(config),
+        max_positions=position_limit(config),
         pad_id=int(pad_id),
         device=torch_device,
         dtype=torch_dtype,
@@ -246,7 +246,7 @@ def load_model(
     )
 
 
-def _position_limit(config: Any) -> int:
+def position_limit(config: Any) -> int:
     """Longest window the model's position embeddings allow (RoBERTa reserves padding_idx + 1 slots)."""
     limit = int(getattr(config, "max_position_embeddings", 512))
     if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -20,29 +21,42 @@ class Example:
 
 
 def _check(text: object, label: object, where: str) -> Example:
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: 'text' must be a non-empty string, got {type(text).__name__}")
+    if not isinstance(text, str):
+        raise DataError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise DataError(f"{where}: 'text' is empty or whitespace only")
     if not isinstance(label, str) or not label.strip():
         raise DataError(f"{where}: 'label' must be a non-empty string, got {label!r}")
     return Example(text=text, label=label.strip())
 
 
-def load_examples(path: Path) -> list[Example]:
-    """Read `text`/`label` records from a .jsonl or .csv file; raise DataError naming the first bad line."""
+def read_text(path: Path) -> str:
+    """The file as UTF-8 (a byte-order mark, as spreadsheet exports write, is dropped); DataError names the
+    line of the first byte that is not UTF-8."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read `text`/`label` records from a .jsonl or .csv file; raise DataError naming the first bad line."""
+    content = read_text(path)
     examples: list[Example] = []
     if path.suffix.lower() == ".csv":
         csv.field_size_limit(sys.maxsize)
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"text", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(f"{path}:1: header lacks column(s) {sorted(missing)}")
-            for row in reader:
-                examples.append(_check(row.get("text"), row.get("label"), f"{path}:{reader.line_num}"))
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        missing = {"text", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {sorted(missing)}")
+        for row in reader:
+            examples.append(_check(row.get("text"), row.get("label"), f"{path}:{reader.line_num}"))
     else:
-        with path.open(encoding="utf-8") as handle:
+        with io.StringIO(content) as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

@@ -18,7 +18,7 @@ import torch
 
 from app.aggregate import Aggregation, aggregate
 from app.segmenter import Segmenter
-from app.training.data import Example
+from app.training.data import DataError, Example, read_text
 from app.training.train import EncodedDoc, encode_docs, predict_chunk_logits
 
 FIRST_WINDOW = "first_window"
@@ -40,7 +40,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
         precision = tp / predicted if predicted else 0.0
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        f1s.append(f1)
+        if predicted or actual:  # a label neither present nor predicted has no F1 (as scikit-learn's macro)
+            f1s.append(f1)
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
     n = int(matrix.sum())
     return {
@@ -124,20 +125,30 @@ def evaluate_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
-def best_setting(report: dict[str, Any]) -> tuple[int, str]:
-    """The (stride, aggregation) with the best overall accuracy, macro-F1 breaking ties; never the baseline."""
+def best_setting(report: dict[str, Any], trained: tuple[int, str] | None = None) -> tuple[int, str]:
+    """The (stride, aggregation) with the best overall accuracy, macro-F1 breaking ties, then the `trained`
+    recipe (a tie is no reason to serve differently from training), then the smaller stride; never the
+    baseline."""
     candidates = [
-        (block["all"]["accuracy"], block["all"]["macro_f1"], -int(stride), int(stride), strategy)
+        (
+            block["all"]["accuracy"],
+            block["all"]["macro_f1"],
+            (int(stride), strategy) == trained,
+            -int(stride),
+            int(stride),
+            strategy,
+        )
         for stride, entry in report["strides"].items()
         for strategy, block in entry["strategies"].items()
         if strategy != FIRST_WINDOW
     ]
     best = max(candidates)
-    return best[3], best[4]
+    return best[4], best[5]
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A readable table: accuracy / macro-F1 for every strategy and length group, per stride."""
+    """A readable table per stride: accuracy / macro-F1 for every strategy and length group, the confusion
+    matrices and the per-class precision / recall / F1."""
     lines = []
     for stride, entry in report["strides"].items():
         lines.append(f"stride {stride}: {entry['n']} documents, {entry['multi_window_docs']} longer than one window")
@@ -157,12 +168,34 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  confusion matrix rows=true cols=pred, labels {any_block['labels']}")
         for strategy, block in best.items():
             lines.append(f"    {strategy:<20} {block['all']['confusion_matrix']}")
+        lines.append("  per class precision / recall / F1 (support)")
+        for strategy, block in best.items():
+            cells = [
+                f"{label} {m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f} ({m['support']})"
+                for label, m in block["all"]["per_class"].items()
+            ]
+            lines.append(f"    {strategy:<20} " + "; ".join(cells))
     return "\n".join(lines)
 
 
+RECORD_KEYS = ("label", "labels", "chunk_logits")
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Prediction records (JSONL, as `longdoc train --k-fold` writes them); DataError names a bad line."""
+    records = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise DataError(f"{path}:{number}: not a prediction record (lacks {missing}); give a cv_predictions file")
+        records.append(record)
+    return records
 
 
 def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:

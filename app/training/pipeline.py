@@ -16,6 +16,7 @@ import resource
 import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from app.model import quantize_int8
+from app.model import position_limit, quantize_int8
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
 from app.training.data import DataError, Example, load_examples
@@ -91,10 +92,17 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     examples = load_examples(options.data)  # fails on a bad line before any training
     labels = sorted({e.label for e in examples})
     label2id = {label: i for i, label in enumerate(labels)}
+    _check_run(options, examples, labels)
     # The whole network as the recipe builds it: a bad layer count or head fails here, before any training.
-    tokenizer, _ = load_base_model(options.base_model, labels, config.pooling, config.encoder_layers)
+    tokenizer, network = load_base_model(options.base_model, labels, config.pooling, config.encoder_layers)
+    limit = position_limit(network.config)
+    if config.max_length > limit:
+        raise DataError(
+            f"max_length {config.max_length} is over the {limit} positions of the base {options.base_model}"
+        )
+    del network
     segmenter = Segmenter(tokenizer, config.max_length, config.stride)
-    options.output.mkdir(parents=True, exist_ok=True)
+    _prepare_output(options)
     summary_path = options.output / SUMMARY_FILE
     command = shlex.join(["longdoc", *sys.argv[1:]])
 
@@ -111,6 +119,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             "config": config.as_dict(),
             "labels": labels,
             "examples": len(examples),
+            "base_model": str(options.base_model),
             "command": command,
             "final_seconds": result.seconds,
             "peak_rss_mb": _peak_rss_mb(),
@@ -142,6 +151,43 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         summary["cv"] = json.loads(cv_path.read_text(encoding="utf-8"))
     write_model_card(options.output, summary, options.data_name or str(options.data))
     return summary
+
+
+def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: list[str]) -> None:
+    """Refuse, before any training, what would otherwise fail late or quietly produce a useless model."""
+    if not (options.base_model / "config.json").is_file():
+        raise DataError(f"base {options.base_model} is not a model checkpoint directory (no config.json)")
+    if len(labels) < 2:
+        raise DataError(f"{options.data}: a classifier needs at least two labels, found only {labels}")
+    k = options.k_fold
+    if k < 0 or k == 1:
+        raise DataError(f"--k-fold must be 0 (no cross-validation) or at least 2, got {k}")
+    if k > 1:
+        label, fewest = min(Counter(e.label for e in examples).items(), key=lambda item: item[1])
+        if fewest < k:
+            raise DataError(
+                f"--k-fold {k} needs at least {k} documents of every label, so that each fold holds some out; "
+                f"{label!r} has {fewest}"
+            )
+
+
+def _prepare_output(options: PipelineOptions) -> None:
+    """A new or empty directory, or an earlier longdoc model that this run replaces. That model's
+    cross-validation files describe it, not the new one, so a new final fit removes them first (`--resume`
+    and `--skip-final` cross-validate the saved model and keep them)."""
+    output = options.output
+    if output.exists() and not output.is_dir():
+        raise DataError(f"output {output} is a file, not a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / SUMMARY_FILE).is_file():
+            names = ", ".join(sorted(p.name for p in output.iterdir())[:5])
+            raise DataError(
+                f"output {output} holds files that are not a longdoc model ({names}); give a new or empty directory"
+            )
+        if not (options.skip_final or options.resume):
+            for name in (CV_PREDICTIONS_FILE, CV_INT8_PREDICTIONS_FILE, CV_REPORT_FILE):
+                (output / name).unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
 
 
 def _check_same_recipe(stored: dict[str, Any], config: TrainConfig) -> None:
@@ -251,7 +297,7 @@ def _cross_validate(
         accuracies = {s: round(a, 4) for s, a in _accuracies(fold_records, config.stride).items()}
         log.info("fold %d: %s (%.0f s)", fold + 1, accuracies, seconds)
     report = evaluate_records(records)
-    stride, aggregation = best_setting(report)
+    stride, aggregation = best_setting(report, (config.stride, str(config.aggregation)))
     report["chosen"] = {"stride": stride, "aggregation": aggregation}
     if int8_records:  # fp32 over exactly the folds that have int8 records, so the two compare like for like
         int8_folds = {r["fold"] for r in int8_records}

