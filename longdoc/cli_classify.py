@@ -43,8 +43,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _read(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
+    if name == "-":  # the bytes, decoded strictly like a file (the locale's decoder would smuggle in surrogates)
+        return sys.stdin.buffer.read().decode("utf-8")
     return Path(name).read_text(encoding="utf-8")
 
 
@@ -102,7 +102,7 @@ async def _classify_all(args: argparse.Namespace) -> list[tuple[str, Classificat
                     try:
                         text = await asyncio.to_thread(_read, name)
                         return await client.classify(text, return_chunks=args.chunks, aggregation=args.aggregation)
-                    except (APIError, httpx.HTTPError, OSError, UnicodeDecodeError) as exc:
+                    except (APIError, httpx.HTTPError, OSError, ValueError) as exc:  # ValueError: bad text
                         return exc
                     finally:
                         bar.update(1)

@@ -123,6 +123,17 @@ class ServiceInfo:
     max_texts_per_request: int
 
 
+def _check_unicode(text: str, where: str) -> None:
+    """A str that cannot be sent as UTF-8 (lone surrogates, e.g. from bytes decoded with surrogateescape)
+    is refused here with its position, before any request."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} is not valid Unicode: lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}"
+        ) from None
+
+
 class APIError(Exception):
     """An error answer of the service: its status, wire type and message (and Retry-After for 429/503)."""
 
@@ -208,7 +219,10 @@ class _Base:
         if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
             return None
         server = retry_after(response)
-        wait = server if server is not None else 0.5 * 2**attempt * (1 + random.random() / 2)
+        # Jitter either way: clients refused together must not all come back at the same instant.
+        wait = (
+            server * (1 + random.random() / 4) if server is not None else 0.5 * 2**attempt * (1 + random.random() / 2)
+        )
         return min(wait, self.max_retry_wait_s)
 
     @staticmethod
@@ -219,6 +233,8 @@ class _Base:
         max_chunks: int | None,
         top_k_chunks: int | None,
     ) -> dict[str, Any]:
+        for index, text in enumerate([texts] if isinstance(texts, str) else texts):
+            _check_unicode(text, "text" if isinstance(texts, str) else f"texts[{index}]")
         body: dict[str, Any] = {"text": texts} if isinstance(texts, str) else {"texts": texts}
         if return_chunks:
             body["return_chunks"] = True
@@ -234,7 +250,16 @@ class _Base:
     def _json(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise APIError.from_response(response)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # e.g. a proxy's login page answering 200 in place of the service
+            kind = response.headers.get("content-type", "no content type")
+            raise APIError(
+                response.status_code,
+                "invalid_response",
+                f"expected JSON from the service, got {kind}: {response.text[:200]!r}",
+                request_id=response.headers.get("x-request-id"),
+            ) from None
 
     @staticmethod
     def _info(data: dict[str, Any]) -> ServiceInfo:

@@ -166,3 +166,43 @@ def test_cli_table_lists_results_and_errors() -> None:
     assert lines[0].split() == ["FILE", "LABEL", "SCORE", "CHUNKS", "TOKENS"]
     assert lines[1].split() == ["long/report.txt", "hyperpartisan", "0.931", "3", "1401"]
     assert lines[2].startswith("b.txt") and "payload_too_large: too big" in lines[2]
+
+
+def test_an_answer_that_is_not_json_is_an_api_error() -> None:
+    """A proxy's login page answering 200 must not escape as a bare JSONDecodeError."""
+    page = httpx.MockTransport(lambda request: httpx.Response(200, html="<html>proxy login</html>"))
+    with pytest.raises(APIError) as refused:
+        Client("http://x", http_client=httpx.Client(transport=page)).classify("text")
+    assert refused.value.status_code == 200 and refused.value.error_type == "invalid_response"
+    assert "expected JSON from the service, got text/html" in refused.value.message
+
+
+def test_text_that_cannot_be_utf8_is_refused_before_sending() -> None:
+    transport, calls = scripted()
+    client = Client("http://x", http_client=httpx.Client(transport=transport))
+    with pytest.raises(ValueError, match="texts\\[1\\] is not valid Unicode: lone surrogate U\\+DCE9 at character 3"):
+        client.classify_many(["fine", "caf\udce9"])
+    assert calls == []
+
+
+def test_retry_after_waits_are_jittered_upwards() -> None:
+    client = Client("http://x", max_retry_wait_s=30)
+    refused = httpx.Response(429, headers={"Retry-After": "4"})
+    waits = [client._delay(refused, 0) for _ in range(50)]
+    assert all(4 <= w <= 5 for w in waits) and len(set(waits)) > 1
+
+
+def test_cli_reads_standard_input_strictly_and_reports_bad_bytes_in_place(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import sys
+
+    from app.cli import main as cli_main
+
+    # Python's own stdin decodes with surrogateescape: bad bytes would become lone surrogates, not errors.
+    stdin = io.TextIOWrapper(io.BytesIO("caf\u00e9".encode("latin-1")), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert cli_main(["classify", "--url", "http://127.0.0.1:9", "--no-progress", "-"]) == 1
+    out = capsys.readouterr().out
+    assert "read_error" in out and "can't decode byte 0xe9" in out
