@@ -4,6 +4,10 @@ Stock uvicorn stops listening at the first SIGTERM, so a load balancer sees refu
 accepted requests are still running. Here the first SIGTERM (or SIGINT) only marks the service draining:
 /health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
 the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
+
+If the inference worker dies (a bug), the process exits with status 1: no request can be served any more, and
+a supervisor that restarts exited processes (Docker's `restart:`, systemd) heals it; Kubernetes also sees
+`/health/live` fail.
 """
 
 from __future__ import annotations
@@ -26,16 +30,35 @@ log = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float, worker_check_s: float = 1.0
+    ) -> None:
         super().__init__(config)
         self._app = app
         self._drain_timeout_s = drain_timeout_s
+        self._worker_check_s = worker_check_s
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.worker_died = False
 
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        watchdog = self._loop.create_task(self._watch_worker())
+        try:
+            await super().serve(sockets)
+        finally:
+            watchdog.cancel()
+
+    async def _watch_worker(self) -> None:
+        """Stop the server when the batcher task has died outside a drain (nothing could be served again)."""
+        while not self.should_exit:
+            await asyncio.sleep(self._worker_check_s)
+            service = self._app.state.service
+            if service is not None and not service.draining and not service.batcher.running:
+                log.critical("the inference worker died; exiting with status 1 so the process is restarted")
+                self.worker_died = True
+                service.draining = True  # refuse new work while in-flight requests get their 503s
+                self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
@@ -77,5 +100,6 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
     )
-    DrainingServer(config, app, settings.drain_timeout_s).run()
-    return 0
+    server = DrainingServer(config, app, settings.drain_timeout_s)
+    server.run()
+    return 1 if server.worker_died else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -112,3 +113,33 @@ async def test_health_turns_503_when_the_worker_dies(client_factory: ClientFacto
     assert metric_value(metrics, "longdoc_ready") == 0
     # the probes' own 503s are not client rejections; the refused /classify is
     assert metric_value(metrics, "longdoc_rejected_total", reason="not_ready") == 1
+
+
+async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: Any, fake_engine: FakeEngine) -> None:
+    """A supervisor that restarts exited processes (Docker's restart:) can only heal a dead worker if we exit."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from app.server import DrainingServer
+
+    app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=fake_engine)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = DrainingServer(config, app, drain_timeout_s=5, worker_check_s=0.05)
+    serving = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        for _ in range(400):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert (await client.post("/classify", json={"text": "healthy"})).status_code == 200
+        await asyncio.sleep(0.2)  # several watchdog rounds: a healthy worker is left alone
+        assert not serving.done()
+        app.state.service.batcher._task.cancel()
+        await asyncio.wait_for(serving, 30)
+    assert server.worker_died
