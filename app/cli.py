@@ -44,7 +44,6 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from app.training.data import DataError
     from app.training.pipeline import PipelineOptions, run_pipeline
     from app.training.train import default_base_model
 
@@ -64,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
         summary = run_pipeline(options)
-    except (DataError, ValueError) as exc:
+    except ValueError as exc:  # DataError (bad data or files) is one
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serving = summary["serving"]
@@ -98,15 +97,14 @@ def _eval_report(args: argparse.Namespace) -> dict[str, object]:
 
     if args.predictions:
         return evaluate_records(read_records(args.predictions))
-    from app.model import load_model, position_limit, read_model_metadata
+    from app.model import load_model, read_model_metadata
 
     examples = load_examples(args.data)
     loaded = load_model(args.model, device="cpu", quantize=args.quantize)
     meta = read_model_metadata(args.model)
     max_length = args.max_length or int(meta.get("max_length", 512))
-    limit = position_limit(loaded.model.config)
-    if max_length > limit:
-        raise ValueError(f"max_length {max_length} is over the {limit} positions of {args.model}")
+    if max_length > loaded.max_positions:
+        raise ValueError(f"max_length {max_length} is over the {loaded.max_positions} positions of {args.model}")
     strides = args.strides or [int(meta.get("stride", 0))]
     records = predict_examples(
         loaded.model,

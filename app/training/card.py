@@ -94,9 +94,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _data_lines(data_name: str) -> list[str]:
+def _data_lines(bundled: bool) -> list[str]:
     """Provenance of the bundled data set, or what the author of a custom model must add."""
-    if _same_file(Path(data_name), BUNDLED_DATA):
+    if bundled:
         return [
             "- Hyperpartisan News Detection (SemEval-2019 Task 4, by-article training set), CC-BY 4.0. "
             "Attribution: Kiesel, Mestre, Shukla, Vincent, Adineh, Corney, Stein, Potthast, "
@@ -110,8 +110,8 @@ def _data_lines(data_name: str) -> list[str]:
     ]
 
 
-def _use_lines(summary: dict[str, Any], data_name: str) -> list[str]:
-    if _same_file(Path(data_name), BUNDLED_DATA):
+def _use_lines(summary: dict[str, Any], data_name: str, bundled: bool) -> list[str]:
+    if bundled:
         return [
             "- Flags English news articles as hyperpartisan (extreme one-sided) or not, at article level; "
             f"trained on one publisher-balanced set of {summary['examples']} articles, so expect lower accuracy "
@@ -144,6 +144,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
     """Render README.md from the pipeline summary; every number comes from the run itself."""
     serving = summary["serving"]
     config = summary["config"]
+    bundled_data = _same_file(Path(data_name), BUNDLED_DATA)
     lines = [
         "---",
         "license: apache-2.0",
@@ -157,7 +158,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "",
         "## Data",
         f"- Training file: `{data_name}`, {summary['examples']} documents, labels {summary['labels']}.",
-        *_data_lines(data_name),
+        *_data_lines(bundled_data),
         "",
         "## How it was made",
         "```",
@@ -222,7 +223,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         lines.append("")
     lines += [
         "## Intended use and limits",
-        *_use_lines(summary, data_name),
+        *_use_lines(summary, data_name, bundled_data),
         "- Documents of any length are classified from all their tokens (overlapping windows); very long "
         "documents cost time in proportion to their length.",
         "",
