@@ -10,7 +10,8 @@ Concurrency invariants (one event loop, one background task, one forward thread)
 - Requests are served shortest-remaining-first with aging (`scheduling_priority`): a short document
   arriving behind long ones rides in the next batch instead of waiting for every queued long document,
   and mean latency is lower than with first-come-first-served or round-robin sharing. The price: a long
-  document yields to shorter ones, bounded by aging (after aging_s of waiting it counts as half its size).
+  document yields to shorter ones, bounded by aging (its size halves for every aging_s it has waited, so
+  an L-chunk request overtakes fresh one-chunk requests after aging_s * log2(L) seconds).
 - With `across_requests=False` a batch holds chunks of one request only (the benchmark's baseline).
 - `pending` (queued + running chunks) is the admission measure: submit refuses beyond
   `max_queue_chunks` instead of letting the queue grow without end.
@@ -65,14 +66,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def scheduling_priority(queue: deque[_Item], now: float, aging_s: float) -> float:
-    """Smaller runs sooner: remaining chunks, shrunk by waiting time so nothing waits forever.
+    """Smaller runs sooner: remaining chunks, halved for every aging_s seconds the request has waited.
 
-    Shortest-remaining-first minimises mean latency and lets a short document overtake queued long ones;
-    the aging term (remaining / (1 + waited / aging_s)) makes a long request that has waited aging_s
-    seconds count as half its size, so a steady stream of short requests cannot starve it.
+    Shortest-remaining-first minimises mean latency and lets a short document overtake queued long ones.
+    The aging must shrink a long request faster than a steady stream of fresh one-chunk requests can
+    outrank it: halving per aging_s means an L-chunk request comes first after aging_s * log2(L) seconds
+    (35 s for 128 chunks at 5 s), where a hyperbolic decay (remaining / (1 + waited / aging_s)) took
+    aging_s * (L - 1) seconds and let a 200-chunk document time out behind short ones.
     """
     waited = max(0.0, now - queue[0].enqueued) if queue else 0.0
-    return len(queue) / (1.0 + waited / aging_s)
+    return len(queue) * math.exp2(-waited / aging_s)
 
 
 class Batcher:
@@ -300,9 +303,19 @@ class Batcher:
             )
             self._settle_error(batch, error)
         else:
+            finite = torch.isfinite(logits).all(dim=-1).tolist()
             for row, item in enumerate(batch):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if finite[row]:
                     item.future.set_result(logits[row])
+                else:  # a float16 overflow, say: a 500 that says so, never a 200 with a null score
+                    item.future.set_exception(
+                        InferenceFailed(
+                            "the model returned a non-finite logit (NaN or infinity) for a chunk; "
+                            "with LONGDOC_DTYPE=float16 try bfloat16 or float32"
+                        )
+                    )
         finally:
             elapsed = time.perf_counter() - started
             self.forward_calls += 1

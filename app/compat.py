@@ -155,6 +155,14 @@ def raw_scores(result: ClassifyResult, multi_label: bool) -> dict[str, float]:
     return {s.label: math.log(max(s.score, _TINY)) for s in result.scores}
 
 
+def _sigmoid(value: float) -> float:
+    """Overflow-free: a log-probability of a float32 zero is about -744, and exp(744) overflows a float."""
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    small = math.exp(value)
+    return small / (1.0 + small)
+
+
 def apply_function(result: ClassifyResult, multi_label: bool, function: FunctionToApply | None) -> list[Prediction]:
     """Scores under `function` (None: the model's own activation), best first."""
     native = "sigmoid" if multi_label else "softmax"
@@ -165,7 +173,7 @@ def apply_function(result: ClassifyResult, multi_label: bool, function: Function
         if function == "none":
             scores = raw
         elif function == "sigmoid":
-            scores = {label: 1.0 / (1.0 + math.exp(-value)) for label, value in raw.items()}
+            scores = {label: _sigmoid(value) for label, value in raw.items()}
         else:
             top = max(raw.values())
             exps = {label: math.exp(value - top) for label, value in raw.items()}

@@ -106,6 +106,8 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     for error in errors:
         if error.get("type") in {"json_invalid", "json_type"} or "JSON decode" in str(error.get("msg", "")):
             return 400, "bad_request", f"request body is not valid JSON: {error.get('msg', 'parse error')}"
+        if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):
+            return 400, "bad_request", "request body is empty: send a JSON object"
     parts = []
     for error in errors[:5]:
         location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")

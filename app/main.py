@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             max_wait_ms=settings.max_wait_ms,
             max_queue_chunks=settings.max_queue_chunks,
             metrics=metrics,
+            across_requests=settings.batch_across_requests,
+            aging_s=settings.scheduler_aging_s,
         )
         batcher.start()
         service = ClassifierService(loaded, segmenter, batcher, serving, settings, metrics)

@@ -61,7 +61,11 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_task is not None or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
+        if self._drain_task is not None:  # a second signal during the drain: stop at once
+            log.warning("second signal during the drain: stopping now; requests still running are dropped")
+            self.should_exit = self.force_exit = True  # uvicorn then waits for no connection, task or lifespan
+            return
+        if self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
             self.force_exit = self.should_exit
             self.should_exit = True
             return

@@ -79,7 +79,7 @@ class ClassifierService:
                 self.batcher.retry_after_s(),
             )
         deadline = received_at + self.settings.request_timeout_s
-        segmented = await self._segment(texts, request.max_chunks)
+        segmented = await self._segment(texts, request.max_chunks, deadline)
         for index, seg in enumerate(segmented):
             if not seg.chunks:
                 where = "text" if request.text is not None else f"texts[{index}]"
@@ -132,11 +132,20 @@ class ClassifierService:
                     f"{exc.start} (a JSON \\u escape of half a surrogate pair); send valid UTF-8 text"
                 ) from None
 
-    async def _segment(self, texts: list[str], max_chunks: int | None) -> list[Segmented]:
-        """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop."""
+    async def _segment(self, texts: list[str], max_chunks: int | None, deadline: float) -> list[Segmented]:
+        """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop, and
+        under the request's deadline (a thread cannot be stopped: it finishes and its result is dropped)."""
         if len(texts) == 1:
-            return [await asyncio.to_thread(self.segmenter.segment, texts[0], max_chunks)]
-        return await asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
+            work = asyncio.to_thread(lambda: [self.segmenter.segment(texts[0], max_chunks)])
+        else:
+            work = asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
+        try:
+            return await asyncio.wait_for(work, max(0.0, deadline - time.perf_counter()))
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
+                f"{len(texts)} text(s) of {sum(map(len, texts))} characters"
+            ) from exc
 
     def _document_result(
         self,

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.aggregate import Aggregation
+from app.model import MODEL_METADATA_FILE
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model_store" / "hyperpartisan-minilm"
 
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
     batch_across_requests: bool = Field(
         True, description="Pack chunks of different requests into one forward pass (off: one request each)."
     )
+    scheduler_aging_s: float = Field(
+        5.0, gt=0, description="A queued request counts half its size for every this many seconds it waited."
+    )
     max_queue_chunks: int = Field(16384, ge=1, description="Chunks queued or running before 429.")
     max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
@@ -146,4 +150,6 @@ def resolve_serving(settings: Settings, metadata: dict[str, Any], max_positions:
     stride = settings.stride if settings.stride is not None else int(metadata.get("stride", 0))
     aggregation = settings.aggregation or Aggregation(metadata.get("aggregation", Aggregation.MEAN_LOGITS))
     threshold = settings.threshold if settings.threshold is not None else float(metadata.get("threshold", 0.5))
+    if not 0 < threshold < 1:  # only longdoc.json can get here: the setting itself is range-checked
+        raise ValueError(f"threshold in {MODEL_METADATA_FILE} must be between 0 and 1 (exclusive), got {threshold}")
     return ServingConfig(max_length=max_length, stride=stride, aggregation=aggregation, threshold=threshold)

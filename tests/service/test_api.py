@@ -104,6 +104,16 @@ async def test_environment_overrides_model_metadata(client_factory: ClientFactor
         assert (info["max_length"], info["stride"], info["aggregation"]) == (32, 0, "max_logits")
 
 
+async def test_a_bad_threshold_in_the_model_metadata_stops_start_up(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """longdoc.json is validated like the environment: 7.5 would silently give every text labels: []."""
+    fake_engine.metadata = {"max_length": 32, "stride": 4, "aggregation": "mean_logits", "threshold": 7.5}
+    with pytest.raises(ValueError, match=r"threshold in longdoc.json must be between 0 and 1 .*got 7.5"):
+        async with client_factory(engine=fake_engine):
+            pass
+
+
 async def test_classify_long_text_uses_every_token(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
     text = long_text(700, seed=1)
     n = len(wordpiece_tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
@@ -172,6 +182,7 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
     ("body", "headers", "status", "error_type", "fragment"),
     [
         (b'{"text": "unterminated', {}, 400, "bad_request", "not valid JSON"),
+        (b"", {}, 400, "bad_request", "body is empty"),
         (b'{"text": "\xff\xfe bad utf-8"}', {}, 400, "bad_request", ""),
         (b'{"text": ""}', {}, 422, "invalid_input", "empty"),
         (b'{"text": " \\n\\t "}', {}, 422, "invalid_input", "whitespace"),
@@ -322,6 +333,17 @@ async def test_failing_batch_fails_only_its_request(client_factory: ClientFactor
         second = await client.post("/classify", json={"text": "second"})
         assert second.status_code == 200
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_deadline_holds_while_a_huge_text_is_tokenized(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """Tokenizing megabytes takes seconds: the deadline covers it, and nothing reaches the engine."""
+    async with client_factory(engine=fake_engine, request_timeout_s=0.001) as client:
+        calls = len(fake_engine.calls)
+        response = await client.post("/classify", json={"text": "zebra crossing " * 100_000})
+    assert_error(response, 504, "deadline_exceeded", "request_timeout_s 0.001", "while tokenizing 1 text(s)")
+    assert len(fake_engine.calls) == calls
 
 
 async def test_deadline_gives_504_and_drops_the_chunks(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:

@@ -197,3 +197,26 @@ async def test_demo_page_and_assets(client_factory: ClientFactory, fake_engine: 
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
     assert predict_get.status_code == 405
     assert set(schema["paths"]["/"]) == {"post"} and "/predict" in schema["paths"]
+
+
+class CertainEngine(FakeEngine):
+    """A model so sure that softmax rounds the losing label to exactly 0.0 in float32."""
+
+    def forward(self, chunks: Any) -> Any:
+        import torch
+
+        super().forward(chunks)
+        return torch.tensor([[0.0, 200.0]] * len(chunks))
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "none", "softmax"])
+async def test_inference_api_functions_survive_a_certain_model(
+    client_factory: ClientFactory, wordpiece_tokenizer: Any, function: str
+) -> None:
+    async with client_factory(engine=CertainEngine(wordpiece_tokenizer)) as client:
+        response = await client.post("/", json={"inputs": "sure", "parameters": {"function_to_apply": function}})
+    assert response.status_code == 200, response.text
+    scores = dict(as_pairs(response.json()[0]))
+    assert max(scores, key=lambda label: scores[label]) == "positive"
+    if function != "none":
+        assert all(0.0 <= value <= 1.0 for value in scores.values())

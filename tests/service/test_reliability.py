@@ -143,3 +143,70 @@ async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: An
         app.state.service.batcher._task.cancel()
         await asyncio.wait_for(serving, 30)
     assert server.worker_died
+
+
+async def test_second_signal_during_the_drain_stops_at_once(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
+    """The first SIGTERM drains (up to drain_timeout_s); an operator's second one must not wait for it."""
+    import signal
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from app.server import DrainingServer
+
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)  # the long request below needs ~20 s of passes
+    settings = Settings(model_dir=tiny_model_dir, num_threads=2, max_batch_size=1, max_wait_ms=0, drain_timeout_s=600)
+    app = create_app(settings, engine=engine)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = DrainingServer(config, app, drain_timeout_s=settings.drain_timeout_s, worker_check_s=0.05)
+    serving = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        for _ in range(400):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        calls = len(engine.calls)
+        long_request = asyncio.create_task(client.post("/classify", json={"text": "zebra " * 600}))
+        for _ in range(1000):
+            if len(engine.calls) > calls:
+                break
+            await asyncio.sleep(0.01)
+        server.handle_exit(signal.SIGTERM, None)
+        await asyncio.sleep(0.3)
+        assert not serving.done()  # the first signal drains: the accepted request keeps running
+        server.handle_exit(signal.SIGTERM, None)
+        await asyncio.wait_for(serving, 10)  # before: the drain went on until the request finished (~20 s)
+        assert not long_request.done()  # stopped without waiting for it (a real process exits here)
+        long_request.cancel()
+        await app.state.service.batcher.stop(0)  # the lifespan shutdown is skipped on a forced exit
+
+
+@pytest.mark.parametrize("across", [True, False])
+async def test_batch_across_requests_setting_reaches_the_batcher(
+    client_factory: ClientFactory, wordpiece_tokenizer: Any, across: bool
+) -> None:
+    """LONGDOC_BATCH_ACROSS_REQUESTS=false keeps each forward pass to one request's chunks (the benchmark's
+    naive baseline); true packs requests queued together into one pass."""
+    words = ["apple", "river", "house", "green", "table"]
+    ids = {w: set(wordpiece_tokenizer(w, add_special_tokens=False)["input_ids"]) for w in words}
+    assert all(not ids[a] & ids[b] for a in words for b in words if a != b)
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.3)
+    async with client_factory(
+        engine=engine, batch_across_requests=across, max_batch_tokens=100_000, max_wait_ms=0, warmup=False
+    ) as client:
+        blocker = asyncio.create_task(client.post("/classify", json={"text": "apple " * 60}))
+        for _ in range(1000):
+            if engine.calls:  # the blocker's pass is running: everything below queues behind it
+                break
+            await asyncio.sleep(0.01)
+        queued = [client.post("/classify", json={"text": f"{w} " * 60}) for w in words[1:]]
+        responses = await asyncio.gather(blocker, *queued)
+    assert all(r.status_code == 200 and r.json()["num_chunks"] >= 2 for r in responses)
+    owners = [{w for w in words if ids[w] & {i for chunk in call for i in chunk}} for call in engine.calls]
+    assert all(owners)
+    assert any(len(o) > 1 for o in owners) is across

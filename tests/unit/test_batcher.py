@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -241,8 +242,27 @@ def test_priority_prefers_short_requests_and_ages_long_ones() -> None:
         now = 100.0
         fresh_short, fresh_long = queue(2, now), queue(36, now)
         assert scheduling_priority(fresh_short, now, 5.0) < scheduling_priority(fresh_long, now, 5.0)
-        waited_long = queue(36, now - 90)  # 90 s of waiting shrinks 36 chunks to 36 / 19
+        waited_long = queue(36, now - 20)  # 20 s of waiting (4 halvings) shrinks 36 chunks to 2.25
         assert scheduling_priority(waited_long, now, 5.0) < scheduling_priority(queue(4, now), now, 5.0)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("chunks", [2, 20, 200, 2000])
+def test_a_long_request_outranks_fresh_one_chunk_requests_within_log2_agings(chunks: int) -> None:
+    """No starvation: however many one-chunk requests keep arriving, an L-chunk request comes first after
+    aging_s * log2(L) seconds, far inside the 600 s deadline even for 2,000 chunks (55 s)."""
+    from collections import deque
+
+    from app.batcher import _Item, scheduling_priority
+
+    loop = asyncio.new_event_loop()
+    try:
+        now, aging_s = 1000.0, 5.0
+        waited = aging_s * math.log2(chunks) * 1.01
+        long = deque(_Item([1], loop.create_future(), now - waited) for _ in range(chunks))
+        fresh_short = deque([_Item([1], loop.create_future(), now)])
+        assert scheduling_priority(long, now, aging_s) < scheduling_priority(fresh_short, now, aging_s)
     finally:
         loop.close()
 
@@ -260,4 +280,19 @@ async def test_batches_fill_with_the_shortest_requests_first() -> None:
     forward.gate.set()
     await asyncio.gather(blocker.results(), long.results(), medium.results(), short.results())
     assert forward.calls[1] == [[7], [50], [50], [50]]  # short first, then medium, then the long one
+    await batcher.stop()
+
+
+async def test_a_non_finite_logit_fails_only_its_own_request() -> None:
+    """NaN (a float16 overflow, say) must be a 500 for that request, never a 200 with a null score."""
+
+    def forward(chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        return torch.tensor([[float("nan") if c[0] == 666 else 0.0, 1.0] for c in chunks])
+
+    batcher = Batcher(forward, max_batch_tokens=1000, max_batch_size=16, max_wait_ms=20, max_queue_chunks=100)
+    batcher.start()
+    bad, good = batcher.submit([[1], [666]]), batcher.submit([[2]])
+    outcomes = await asyncio.gather(bad.results(), good.results(), return_exceptions=True)
+    assert isinstance(outcomes[0], InferenceFailed) and "non-finite" in str(outcomes[0])
+    assert not isinstance(outcomes[1], BaseException) and outcomes[1][0].tolist() == [0.0, 1.0]
     await batcher.stop()
