@@ -33,10 +33,16 @@ class BodyTooLarge(HTTPException):
 
 
 class InFlight:
-    """Requests currently being handled; the drain waits for `idle`."""
+    """Requests currently being handled; the drain waits for `idle`.
+
+    Requests that arrive once `draining` is set are not counted: they can only be refused or be probes and
+    scrapes, and a steady stream of them (or one client trickling a body) must not hold the drain open
+    until drain_timeout_s after the accepted work has finished.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -87,7 +93,9 @@ class RequestContextMiddleware:
                     raise BodyTooLarge(self.max_body_bytes, received)
             return message
 
-        self.in_flight.enter()
+        counted = not self.in_flight.draining
+        if counted:
+            self.in_flight.enter()
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -107,7 +115,8 @@ class RequestContextMiddleware:
                 raise
             await _send_json(send_with_id, *unhandled_error(exc))
         finally:
-            self.in_flight.leave()
+            if counted:
+                self.in_flight.leave()
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
             self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()

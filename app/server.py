@@ -72,6 +72,7 @@ class DrainingServer(uvicorn.Server):
         service = self._app.state.service
         if service is not None:
             service.draining = True
+        self._app.state.in_flight.draining = True
         log.info("signal %s: draining (up to %.0f s)", signal.Signals(sig).name, self._drain_timeout_s)
         self._drain_task = self._loop.create_task(self._drain())
 

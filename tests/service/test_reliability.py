@@ -186,6 +186,58 @@ async def test_second_signal_during_the_drain_stops_at_once(tiny_model_dir: Any,
         await app.state.service.batcher.stop(0)  # the lifespan shutdown is skipped on a forced exit
 
 
+async def test_requests_arriving_during_the_drain_do_not_hold_it_open(
+    tiny_model_dir: Any, fake_engine: FakeEngine
+) -> None:
+    """A client trickling a body (or a stream of probes) after SIGTERM must not keep the drain waiting until
+    drain_timeout_s: only work accepted before the drain counts."""
+    import signal
+
+    import uvicorn
+
+    from app.server import DrainingServer
+
+    app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=fake_engine)
+    server = DrainingServer(uvicorn.Config(app), app, drain_timeout_s=600)
+    body_started = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not body_started.is_set():
+            body_started.set()
+            return {"type": "http.request", "body": b'{"text": "slo', "more_body": True}
+        await asyncio.sleep(3600)  # the rest never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "root_path": "",
+    }
+    async with LifespanManager(app) as manager:
+        server._loop = asyncio.get_running_loop()
+        server.handle_exit(signal.SIGTERM, None)
+        trickler = asyncio.create_task(manager.app(scope, receive, send))
+        await body_started.wait()
+        assert server._drain_task is not None
+        await asyncio.wait_for(server._drain_task, 10)  # before: it waited for the trickler, up to 600 s
+        assert server.should_exit and not trickler.done()
+        trickler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await trickler
+
+
 @pytest.mark.parametrize("across", [True, False])
 async def test_batch_across_requests_setting_reaches_the_batcher(
     client_factory: ClientFactory, wordpiece_tokenizer: Any, across: bool
