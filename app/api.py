@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.errors import ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
@@ -95,7 +97,27 @@ def require_json(request: Request) -> None:
 
 ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 
+
+class GuardedRoute(APIRoute):
+    """Checks the API key, then the content type, before FastAPI reads the body.
+
+    As dependencies these ran after the body was parsed, so a caller without the key got a 400 for a
+    malformed body, which told it something about a route it may not use, after we had parsed its bytes.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            require_api_key(request, get_settings(request))
+            require_json(request)
+            return await handler(request)
+
+        return route
+
+
 router = APIRouter()
+classify_router = APIRouter(route_class=GuardedRoute)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -105,11 +127,10 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-@router.post(
+@classify_router.post(
     "/classify",
     response_model=ClassifyResult | ClassifyBatchResult,
     responses=_errors(400, 401, 413, 415, 422, 429, 500, 503, 504),
-    dependencies=[Depends(require_json), Depends(require_api_key)],
     summary="Classify one document (`text`) or several (`texts`) of any length",
 )
 async def classify(

@@ -12,14 +12,13 @@ import math
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import ServiceDep, classify, require_api_key, require_json
+from app.api import GuardedRoute, ServiceDep, classify
 from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, validation_message
 from app.schemas import ClassifyBatchResult, ClassifyRequest, ClassifyResult
 from app.service import ClassifierService
@@ -50,8 +49,8 @@ def tei_error(
     return JSONResponse({"error": message, "error_type": tei_error_type(status)}, status, headers=headers)
 
 
-class CompatRoute(APIRoute):
-    """An APIRoute whose every error (validation, auth, limits, overload, bugs) answers in TEI's body."""
+class CompatRoute(GuardedRoute):
+    """A guarded route whose every error (auth, validation, limits, overload, bugs) answers in TEI's body."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -183,7 +182,7 @@ def apply_function(result: ClassifyResult, multi_label: bool, function: Function
     return [Prediction(label=label, score=score) for label, score in ranked]
 
 
-router = APIRouter(route_class=CompatRoute, dependencies=[Depends(require_json), Depends(require_api_key)])
+router = APIRouter(route_class=CompatRoute)
 
 
 @router.post(

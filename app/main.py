@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import compat, demo
-from app.api import package_version, router
+from app.api import classify_router, package_version, router
 from app.batcher import Batcher
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     metrics.ready.set_function(lambda: float(app.state.service is not None and app.state.service.ready))
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(classify_router)
     app.include_router(compat.router)
     app.include_router(demo.router)
     if settings.cors_origins:

@@ -322,6 +322,12 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
         assert (await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "s3cret"})).status_code == 200
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
+        # without the key, what the body holds is none of the caller's business: 401 before 400/415/422
+        for body, content_type in ((b'{"text": "unterminated', "application/json"), (b"{}", "text/plain")):
+            refused = await client.post("/classify", content=body, headers={"content-type": content_type})
+            assert_error(refused, 401, "unauthorized")
+        malformed = await client.post("/classify", content=b'{"text": "unterminated', headers={"X-API-Key": "s3cret"})
+        assert_error(malformed, 400, "bad_request", "not valid JSON")
 
 
 async def test_failing_batch_fails_only_its_request(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:

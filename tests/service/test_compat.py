@@ -113,6 +113,10 @@ async def test_compat_errors_keep_longdoc_statuses(client_factory: ClientFactory
         key = {"X-API-Key": "s3cret"}
         for path in ("/predict", "/"):
             assert_tei_error(await client.post(path, json={"inputs": "a"}), 401, "Validation", "API key")
+            unauthorized_malformed = await client.post(
+                path, content=b'{"inputs": ', headers={"Content-Type": "application/json"}
+            )
+            assert_tei_error(unauthorized_malformed, 401, "Validation", "API key")
             malformed = await client.post(
                 path, content=b'{"inputs": ', headers={**key, "Content-Type": "application/json"}
             )
@@ -125,7 +129,7 @@ async def test_compat_errors_keep_longdoc_statuses(client_factory: ClientFactory
         client.app.state.service.draining = True  # type: ignore[attr-defined]
         assert_tei_error(await client.post("/predict", json={"inputs": "a"}, headers=key), 503, "Unhealthy", "draining")
         metrics = (await client.get("/metrics")).text
-    assert metric_value(metrics, "longdoc_rejected_total", reason="unauthorized") == 2
+    assert metric_value(metrics, "longdoc_rejected_total", reason="unauthorized") == 4
     assert metric_value(metrics, "longdoc_requests_total", endpoint="/predict", status="200") == 1
 
 
