@@ -46,8 +46,9 @@ def aggregate(
     if method is Aggregation.MEAN_PROBS:
         n = chunk_logits.shape[0]
         if multi_label:
-            mean = torch.sigmoid(chunk_logits).mean(dim=0).clamp(_PROB_EPS, 1 - _PROB_EPS)
-            return torch.log(mean) - torch.log1p(-mean)
+            # float64: in float32 1 - 1e-12 rounds to 1.0 and a saturated label would get an infinite logit
+            mean = torch.sigmoid(chunk_logits.double()).mean(dim=0).clamp(_PROB_EPS, 1 - _PROB_EPS)
+            return (torch.log(mean) - torch.log1p(-mean)).to(chunk_logits.dtype)
         return torch.logsumexp(torch.log_softmax(chunk_logits, dim=1), dim=0) - math.log(n)
     raise ValueError(f"unknown aggregation {method!r}")
 
@@ -58,13 +59,18 @@ def activate(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def contributions(
-    chunk_logits: torch.Tensor, token_counts: torch.Tensor, method: Aggregation, label_index: int
+    chunk_logits: torch.Tensor,
+    token_counts: torch.Tensor,
+    method: Aggregation,
+    label_index: int,
+    multi_label: bool = False,
 ) -> torch.Tensor:
     """Each chunk's share of the decision for `label_index` under `method` (sums to 1 where defined).
 
     Mean strategies: the chunk's weight in the average (1/n, or its token share). Max of logits: the share
     of the chunks that hold the maximum for that label (the winner takes it all). Mean of probabilities:
-    the chunk's share of the summed probability of that label.
+    the chunk's share of the summed probability of that label (sigmoid on a multi-label model, as in
+    `aggregate`).
     """
     n = chunk_logits.shape[0]
     if method is Aggregation.MEAN_LOGITS:
@@ -76,5 +82,5 @@ def contributions(
         column = chunk_logits[:, label_index]
         winners = (column == column.max()).to(torch.float32)
         return winners / winners.sum()
-    probs = torch.softmax(chunk_logits.to(torch.float32), dim=1)[:, label_index]
+    probs = activate(chunk_logits.to(torch.float32), multi_label)[:, label_index]
     return probs / probs.sum() if probs.sum() > 0 else torch.full((n,), 1.0 / n)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from app.errors import ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
 from app.schemas import (
@@ -32,7 +33,8 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route answers, with the body model it really sends."""
     descriptions = {
         400: "Malformed JSON or undecodable body",
         401: "Missing or wrong API key",
@@ -44,7 +46,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         504: "request_timeout_s passed",
         500: "Inference failed",
     }
-    return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}
+    return {code: {"model": model, "description": descriptions[code]} for code in codes}
 
 
 def get_settings(request: Request) -> Settings:
@@ -130,7 +132,7 @@ async def _wait_disconnect(request: Request) -> None:
 @classify_router.post(
     "/classify",
     response_model=ClassifyResult | ClassifyBatchResult,
-    responses=_errors(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
     summary="Classify one document (`text`) or several (`texts`) of any length",
 )
 async def classify(
@@ -154,7 +156,7 @@ async def classify(
 @router.get(
     "/health",
     response_model=HealthResponse,
-    responses=_errors(503),
+    responses=error_responses(503),
     summary="Ready: model loaded, warmed up, batcher running, not draining",
 )
 async def health(request: Request) -> HealthResponse:
@@ -177,7 +179,7 @@ async def health(request: Request) -> HealthResponse:
 
 @router.get(
     "/health/live",
-    responses=_errors(503),
+    responses=error_responses(503),
     summary="Live: the process answers HTTP and its inference worker has not died (else restart it)",
 )
 async def live(request: Request) -> dict[str, str]:
@@ -191,7 +193,7 @@ async def live(request: Request) -> dict[str, str]:
 @router.get(
     "/info",
     response_model=InfoResponse,
-    responses=_errors(401, 503),
+    responses=error_responses(401, 503),
     dependencies=[Depends(require_api_key_for_metrics)],
 )
 async def info(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> InfoResponse:
@@ -225,7 +227,7 @@ async def info(request: Request, settings: Annotated[Settings, Depends(get_setti
 @router.get(
     "/metrics",
     response_class=Response,
-    responses=_errors(401),
+    responses=error_responses(401),
     dependencies=[Depends(require_api_key_for_metrics)],
     summary="Prometheus metrics",
 )

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import GuardedRoute, ServiceDep, classify
+from app.api import GuardedRoute, ServiceDep, classify, error_responses
 from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, validation_message
 from app.schemas import ClassifyBatchResult, ClassifyRequest, ClassifyResult
 from app.service import ClassifierService
@@ -182,7 +182,16 @@ def apply_function(result: ClassifyResult, multi_label: bool, function: Function
     return [Prediction(label=label, score=score) for label, score in ranked]
 
 
-router = APIRouter(route_class=CompatRoute)
+class TeiError(BaseModel):
+    """TEI's error body, which every error of these routes answers with."""
+
+    error: str
+    error_type: str
+
+
+router = APIRouter(
+    route_class=CompatRoute, responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504, model=TeiError)
+)
 
 
 @router.post(

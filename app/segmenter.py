@@ -8,6 +8,7 @@ token ids, so nothing is ever truncated and overlaps cost no second tokenization
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,14 +75,14 @@ class Segmenter:
     def segment(self, text: str, max_chunks: int | None = None) -> Segmented:
         """Tokenize once and cut into windows; `max_chunks` keeps only the first windows (caller's cap)."""
         encoding = self._backend.encode(text, add_special_tokens=False)
-        return self._cut(encoding.ids, encoding.offsets, max_chunks)
+        return self._cut(text, encoding.ids, encoding.offsets, max_chunks)
 
     def segment_many(self, texts: list[str], max_chunks: int | None = None) -> list[Segmented]:
         """Batch tokenization (parallel in the Rust tokenizer) for training and evaluation."""
         encodings = self._backend.encode_batch(texts, add_special_tokens=False)
-        return [self._cut(e.ids, e.offsets, max_chunks) for e in encodings]
+        return [self._cut(t, e.ids, e.offsets, max_chunks) for t, e in zip(texts, encodings, strict=True)]
 
-    def _cut(self, ids: list[int], offsets: list[tuple[int, int]], max_chunks: int | None) -> Segmented:
+    def _cut(self, text: str, ids: list[int], offsets: list[tuple[int, int]], max_chunks: int | None) -> Segmented:
         n = len(ids)
         if n == 0:
             return Segmented(chunks=[], num_tokens=0)
@@ -100,10 +101,21 @@ class Segmenter:
                     input_ids=self.prefix + ids[s:e] + self.suffix,
                     num_tokens=e - s,
                     start=offsets[s][0],
-                    end=offsets[e - 1][1],
+                    end=end_over_marks(text, offsets[e - 1][1]),
                 )
             )
         return Segmented(chunks=chunks, num_tokens=n, truncated=truncated)
+
+
+def end_over_marks(text: str, end: int) -> int:
+    """A span's end moved past the combining marks that follow it.
+
+    Tokenizers that strip accents give a decomposed mark (the U+0301 of "cafe\u0301") no token, hence no
+    offset: a chunk ending at "cafe" would split the character and drop its accent from the excerpt.
+    """
+    while end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end += 1
+    return end
 
 
 def _special_frame(backend: Tokenizer) -> tuple[list[int], list[int]]:

@@ -72,7 +72,7 @@ class ClassifierService:
         self, request: ClassifyRequest, received_at: float, stats: RequestStats
     ) -> ClassifyResult | ClassifyBatchResult:
         texts = [request.text] if request.text is not None else list(request.texts or [])
-        self._check_limits(texts)
+        self._check_limits(texts, single=request.text is not None)
         if self.batcher.pending >= self.batcher.max_queue_chunks:  # before any work
             raise Overloaded(
                 f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
@@ -112,12 +112,12 @@ class ClassifierService:
             return results[0]
         return ClassifyBatchResult(results=results, model=self.engine.name)
 
-    def _check_limits(self, texts: Sequence[str]) -> None:
+    def _check_limits(self, texts: Sequence[str], single: bool) -> None:
         limit = self.settings.max_texts_per_request
         if len(texts) > limit:
             raise PayloadTooLarge(f"{len(texts)} texts exceed max_texts_per_request {limit}")
         for index, text in enumerate(texts):
-            where = "text" if len(texts) == 1 else f"texts[{index}]"
+            where = "text" if single else f"texts[{index}]"
             if len(text) > self.settings.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where} has {len(text)} characters, over max_document_chars {self.settings.max_document_chars}"
@@ -174,7 +174,7 @@ class ClassifierService:
         )
         if request.return_chunks:
             chunk_probs = activate(chunk_logits, multi)
-            shares = contributions(chunk_logits, counts, aggregation, top)
+            shares = contributions(chunk_logits, counts, aggregation, top, multi)
             result.chunks = []
             for i, chunk in enumerate(seg.chunks):
                 row = chunk_probs[i]

@@ -102,7 +102,7 @@ async def _classify_all(args: argparse.Namespace) -> list[tuple[str, Classificat
                     try:
                         text = await asyncio.to_thread(_read, name)
                         return await client.classify(text, return_chunks=args.chunks, aggregation=args.aggregation)
-                    except (APIError, httpx.HTTPError, OSError, ValueError) as exc:  # ValueError: bad text
+                    except Exception as exc:
                         return exc
                     finally:
                         bar.update(1)

@@ -14,10 +14,12 @@ every other error, and the last refusal, raises `APIError`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
@@ -184,6 +186,8 @@ def retry_after(response: httpx.Response) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive, which .timestamp() would read as local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -261,9 +265,33 @@ class _Base:
                 request_id=response.headers.get("x-request-id"),
             ) from None
 
-    @staticmethod
-    def _info(data: dict[str, Any]) -> ServiceInfo:
-        return _build(ServiceInfo, data)
+    @classmethod
+    def _classification(cls, response: httpx.Response) -> Classification:
+        return cls._parsed(response, lambda data, rid: Classification.from_json(data, rid))
+
+    @classmethod
+    def _classifications(cls, response: httpx.Response) -> list[Classification]:
+        return cls._parsed(response, lambda data, rid: [Classification.from_json(r, rid) for r in data["results"]])
+
+    @classmethod
+    def _info(cls, response: httpx.Response) -> ServiceInfo:
+        return cls._parsed(response, lambda data, rid: _build(ServiceInfo, data))
+
+    @classmethod
+    def _parsed(cls, response: httpx.Response, build: Callable[[Any, str | None], T]) -> T:
+        """JSON of the wrong shape (`--url` pointing at another service, say) is an APIError too, not a
+        KeyError from deep inside the dataclasses."""
+        data = cls._json(response)
+        request_id = response.headers.get("x-request-id")
+        try:
+            return build(data, request_id)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise APIError(
+                response.status_code,
+                "invalid_response",
+                f"the answer is not what longdoc sends ({type(exc).__name__}: {exc}): {response.text[:200]!r}",
+                request_id=request_id,
+            ) from None
 
 
 class Client(_Base):
@@ -321,7 +349,7 @@ class Client(_Base):
         """Classify one document of any length; `return_chunks` adds the per-chunk explanation."""
         body = self._body(text, return_chunks, aggregation, max_chunks, top_k_chunks)
         response = self._request("POST", "/classify", body, request_id)
-        return Classification.from_json(self._json(response), response.headers.get("x-request-id"))
+        return self._classification(response)
 
     def classify_many(
         self,
@@ -336,11 +364,10 @@ class Client(_Base):
         """Several documents in one request (at most the service's max_texts_per_request), in input order."""
         body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
         response = self._request("POST", "/classify", body, request_id)
-        rid = response.headers.get("x-request-id")
-        return [Classification.from_json(r, rid) for r in self._json(response)["results"]]
+        return self._classifications(response)
 
     def info(self) -> ServiceInfo:
-        return self._info(self._json(self._request("GET", "/info")))
+        return self._info(self._request("GET", "/info"))
 
     def ready(self) -> bool:
         """True when `GET /health` says the model is loaded, warmed up and not draining; False if unreachable."""
@@ -403,7 +430,7 @@ class AsyncClient(_Base):
     ) -> Classification:
         body = self._body(text, return_chunks, aggregation, max_chunks, top_k_chunks)
         response = await self._request("POST", "/classify", body, request_id)
-        return Classification.from_json(self._json(response), response.headers.get("x-request-id"))
+        return self._classification(response)
 
     async def classify_many(
         self,
@@ -417,11 +444,10 @@ class AsyncClient(_Base):
     ) -> list[Classification]:
         body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
         response = await self._request("POST", "/classify", body, request_id)
-        rid = response.headers.get("x-request-id")
-        return [Classification.from_json(r, rid) for r in self._json(response)["results"]]
+        return self._classifications(response)
 
     async def info(self) -> ServiceInfo:
-        return self._info(self._json(await self._request("GET", "/info")))
+        return self._info(await self._request("GET", "/info"))
 
     async def ready(self) -> bool:
         try:

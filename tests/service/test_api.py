@@ -192,6 +192,7 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
         (b"{}", {}, 422, "invalid_input", "exactly one"),
         (b'{"texts": []}', {}, 422, "invalid_input", "at least one"),
         (b'{"texts": ["fine", "  "]}', {}, 422, "invalid_input", "texts[1]"),
+        (b'{"texts": [""]}', {}, 422, "invalid_input", "texts[0] is empty"),
         (b"[1, 2]", {}, 422, "invalid_input", ""),
         (b'{"text": "a", "aggregation": "median"}', {}, 422, "invalid_input", "aggregation"),
         (b'{"text": "a", "max_chunks": 0}', {}, 422, "invalid_input", "max_chunks"),

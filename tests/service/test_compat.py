@@ -224,3 +224,17 @@ async def test_inference_api_functions_survive_a_certain_model(
     assert max(scores, key=lambda label: scores[label]) == "positive"
     if function != "none":
         assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+async def test_openapi_shows_the_tei_error_body_on_compat_routes(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """A client generated from /openapi.json must expect {"error", "error_type"} there, not FastAPI's detail."""
+    async with client_factory(engine=fake_engine) as client:
+        schema = (await client.get("/openapi.json")).json()
+    for path in ("/predict", "/"):
+        responses = schema["paths"][path]["post"]["responses"]
+        for status in ("400", "401", "413", "422", "429", "503"):
+            ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/TeiError"), (path, status, ref)
+    assert set(schema["components"]["schemas"]["TeiError"]["properties"]) == {"error", "error_type"}

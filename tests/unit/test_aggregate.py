@@ -71,3 +71,16 @@ def test_contributions() -> None:
 def test_empty_input_is_an_error() -> None:
     with pytest.raises(ValueError, match="chunks>=1"):
         aggregate(torch.zeros((0, 2)), torch.zeros(0), Aggregation.MEAN_LOGITS)
+
+
+def test_multi_label_mean_probs_contributions_are_shares_of_the_summed_sigmoid() -> None:
+    """Three chunks with the same winning-label sigmoid share it equally (softmax shares said 0, 0, 1)."""
+    logits = torch.tensor([[5.0, 0.0, 0.5], [0.0, 5.0, 0.5], [-5.0, -5.0, 0.5]])
+    shares = contributions(logits, torch.tensor([1, 1, 1]), Aggregation.MEAN_PROBS, 2, multi_label=True)
+    assert shares.tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_saturated_multi_label_mean_probs_stays_finite() -> None:
+    logits = torch.tensor([[40.0, -40.0], [40.0, -40.0]])
+    doc = aggregate(logits, torch.tensor([1, 1]), Aggregation.MEAN_PROBS, multi_label=True)
+    assert torch.isfinite(doc).all() and doc[0] > 20 and doc[1] < -20

@@ -145,10 +145,21 @@ def http_date(offset_s: float) -> str:
         (lambda: http_date(30), lambda s: 25 <= s <= 31),
         (lambda: http_date(-30), lambda s: s == 0),
         (lambda: "soon", lambda s: s is None),
+        (lambda: http_date(30).replace("GMT", "-0000"), lambda s: 25 <= s <= 31),
     ],
 )
-def test_retry_after_parsing(value: Callable[[], str], expected: Callable[[float | None], bool]) -> None:
-    assert expected(retry_after(httpx.Response(429, headers={"Retry-After": value()})))
+def test_retry_after_parsing(
+    value: Callable[[], str], expected: Callable[[float | None], bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a machine five hours behind UTC (POSIX rule, no tz database needed): "-0000" parses to a naive
+    # datetime, which was read as local time and gave 5 h + 30 s instead of 30 s
+    monkeypatch.setenv("TZ", "EST5")
+    time.tzset()
+    try:
+        assert expected(retry_after(httpx.Response(429, headers={"Retry-After": value()})))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_cli_table_lists_results_and_errors() -> None:
@@ -175,6 +186,17 @@ def test_an_answer_that_is_not_json_is_an_api_error() -> None:
         Client("http://x", http_client=httpx.Client(transport=page)).classify("text")
     assert refused.value.status_code == 200 and refused.value.error_type == "invalid_response"
     assert "expected JSON from the service, got text/html" in refused.value.message
+
+
+@pytest.mark.parametrize("body", [{"detail": "Not Found"}, {"results": [{"label": "x"}]}, [1, 2]])
+def test_json_of_the_wrong_shape_is_an_api_error(body: Any) -> None:
+    """--url pointing at another service: an APIError per call (the CLI shows it per file), not a KeyError."""
+    other = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    client = Client("http://x", http_client=httpx.Client(transport=other))
+    for call in (lambda: client.classify("text"), lambda: client.classify_many(["a", "b"]), client.info):
+        with pytest.raises(APIError) as refused:
+            call()
+        assert refused.value.error_type == "invalid_response" and "not what longdoc sends" in refused.value.message
 
 
 def test_text_that_cannot_be_utf8_is_refused_before_sending() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.segmenter import Segmenter, expected_chunk_count
+from app.segmenter import Segmenter, end_over_marks, expected_chunk_count
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=600) | st.lists(
     st.sampled_from(["the", "senate", "vote", "é", "🙂", "\n", "  ", "naïve", "שלום", "x" * 30]), max_size=300
@@ -39,7 +40,8 @@ def check_properties(segmenter: Segmenter, text: str) -> None:
         # character span: inside the text, and exactly the span of the chunk's first to last token
         assert 0 <= chunk.start <= chunk.end <= len(text)
         assert chunk.start == offsets[position][0]
-        assert chunk.end == offsets[position + len(content) - 1][1]
+        assert chunk.end == end_over_marks(text, offsets[position + len(content) - 1][1])
+        assert chunk.end == len(text) or not unicodedata.category(text[chunk.end]).startswith("M")
         for token in range(position, position + len(content)):
             assert chunk.start <= offsets[token][0] <= offsets[token][1] <= chunk.end
         if index < len(seg.chunks) - 1:
@@ -109,3 +111,11 @@ def test_expected_chunk_count_formula() -> None:
     assert expected_chunk_count(11, 10, 2) == 2
     assert expected_chunk_count(18, 10, 2) == 2
     assert expected_chunk_count(19, 10, 2) == 3
+
+
+def test_a_chunk_never_splits_a_decomposed_accent(wordpiece_tokenizer: Any) -> None:
+    """The uncased tokenizer strips U+0301, so it has no offset; the chunk ending in "cafe" must keep it."""
+    text = "a a cafe\u0301 b c"
+    seg = Segmenter(wordpiece_tokenizer, 5, 0).segment(text)
+    spans = [text[c.start : c.end] for c in seg.chunks]
+    assert spans == ["a a cafe\u0301", "b c"]
