@@ -102,7 +102,7 @@ def _eval_report(args: argparse.Namespace) -> dict[str, object]:
     examples = load_examples(args.data)
     loaded = load_model(args.model, device="cpu", quantize=args.quantize)
     meta = read_model_metadata(args.model)
-    max_length = args.max_length or int(meta.get("max_length", 512))
+    max_length = args.max_length or int(meta.get("max_length", min(512, loaded.max_positions)))  # as the service
     if max_length > loaded.max_positions:
         raise ValueError(f"max_length {max_length} is over the {loaded.max_positions} positions of {args.model}")
     strides = args.strides or [int(meta.get("stride", 0))]

@@ -26,6 +26,11 @@ STRATEGIES: list[str] = [str(a) for a in Aggregation] + [FIRST_WINDOW]
 LENGTH_GROUPS = ("all", "single_window", "multi_window")
 
 
+def group_accuracy(block: dict[str, Any]) -> str:
+    """A length group's accuracy for a table; "-" for a group with no documents (not a score of 0)."""
+    return f"{block['accuracy']:.3f}" if block["n"] else "-"
+
+
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows = true label)."""
     k = len(labels)
@@ -160,7 +165,7 @@ def format_report(report: dict[str, Any]) -> str:
             spread = f"{folds['accuracy_mean']:.3f} ± {folds['accuracy_std']:.3f}" if folds else "-"
             lines.append(
                 f"  {strategy:<22}{block['all']['accuracy']:>7.3f}{block['all']['macro_f1']:>10.3f}"
-                f"{block['single_window']['accuracy']:>11.3f}{block['multi_window']['accuracy']:>11.3f}"
+                f"{group_accuracy(block['single_window']):>11}{group_accuracy(block['multi_window']):>11}"
                 f"{spread:>22}"
             )
         best = entry["strategies"]

@@ -9,6 +9,7 @@ never on a test set.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import random
@@ -102,9 +103,18 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         )
     del network
     segmenter = Segmenter(tokenizer, config.max_length, config.stride)
+    for stride in options.eval_strides:  # a bad one would otherwise fail after the training
+        try:
+            Segmenter(tokenizer, config.max_length, stride)
+        except ValueError as exc:
+            raise DataError(f"--eval-strides {stride}: {exc}") from None
     _prepare_output(options)
     summary_path = options.output / SUMMARY_FILE
     command = shlex.join(["longdoc", *sys.argv[1:]])
+    data_sha256 = hashlib.sha256(options.data.read_bytes()).hexdigest()
+    if options.resume and not options.skip_final and summary_path.is_file():
+        # the folds kept must come from this recipe and data: check before the final fit replaces the summary
+        _check_same_run(json.loads(summary_path.read_text(encoding="utf-8")), config, data_sha256)
 
     if not options.skip_final:
         result = train_model(
@@ -121,6 +131,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             "examples": len(examples),
             "base_model": str(options.base_model),
             "command": command,
+            "data_sha256": data_sha256,
             "final_seconds": result.seconds,
             "peak_rss_mb": _peak_rss_mb(),
             "serving": {
@@ -138,7 +149,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if options.skip_final:
-        _check_same_recipe(summary["config"], config)
+        _check_same_run(summary, config, data_sha256)
 
     if options.k_fold > 1:
         report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
@@ -190,9 +201,16 @@ def _prepare_output(options: PipelineOptions) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def _check_same_recipe(stored: dict[str, Any], config: TrainConfig) -> None:
-    """Cross-validation must score the recipe that made the saved model, or the card would misreport it."""
-    saved = {**TrainConfig().as_dict(), **stored}  # keys added since the model was made keep their defaults
+def _check_same_run(summary: dict[str, Any], config: TrainConfig, data_sha256: str) -> None:
+    """Cross-validation must score the recipe and data that made the saved model (and the folds it keeps),
+    or the card would misreport it."""
+    stored_data = summary.get("data_sha256")  # absent in models made before it was recorded
+    if stored_data is not None and stored_data != data_sha256:
+        raise DataError(
+            f"the data differs from the file that made the saved model (sha256 {stored_data[:12]}…, "
+            f"given {data_sha256[:12]}…); train without --skip-final/--resume"
+        )
+    saved = {**TrainConfig().as_dict(), **summary["config"]}  # keys added since the model keep their defaults
     given = config.as_dict()
     differ = [k for k in given if k != "num_threads" and saved.get(k) != given[k]]
     if differ:

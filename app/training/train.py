@@ -69,6 +69,11 @@ class TrainConfig:
             )
         if self.probe_c <= 0:
             raise ValueError(f"probe_c must be positive, got {self.probe_c}")
+        for name in ("docs_per_step", "grad_accumulation", "max_chunks_per_doc"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be at least 0, got {self.freeze_layers}")
         if self.encoder_layers is not None and self.encoder_layers < 1:
             raise ValueError(f"encoder_layers must be at least 1, got {self.encoder_layers}")
 
@@ -151,6 +156,8 @@ def load_base_model(
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
+        # the loss is softmax cross-entropy: a base saved as multi-label must not make the service use sigmoid
+        problem_type="single_label_classification",
     )
     if encoder_layers is not None:
         available = int(config.num_hidden_layers)
@@ -196,9 +203,14 @@ def _freeze(model: Any, layers: int) -> None:
     if layers <= 0:
         return
     base = model.base_model
+    stack = getattr(getattr(base, "encoder", None), "layer", None)
+    if stack is None or not hasattr(base, "embeddings"):
+        raise ValueError(
+            f"freeze_layers needs a BERT-style encoder (embeddings, encoder.layer); {type(base).__name__} has another"
+        )
     for parameter in base.embeddings.parameters():
         parameter.requires_grad = False
-    for layer in base.encoder.layer[:layers]:
+    for layer in stack[:layers]:
         for parameter in layer.parameters():
             parameter.requires_grad = False
 
@@ -480,7 +492,7 @@ def train_model(
                 stale += 1
         result.history.append(record)
         log.info("%s epoch %d: %s", description, epoch, record)
-        if val_docs and stale > config.early_stopping_patience:
+        if val_docs and stale >= config.early_stopping_patience:  # `patience` epochs without a gain
             log.info("%s: early stop, best epoch %d", description, result.best_epoch)
             break
     if best_state is not None:

@@ -25,7 +25,7 @@ from app.training.evaluate import (
     write_records,
 )
 from app.training.pipeline import stratified_folds
-from app.training.train import TrainConfig, encode_docs, predict_chunk_logits, train_model
+from app.training.train import TrainConfig, encode_docs, load_base_model, predict_chunk_logits, train_model
 from tests.conftest import build_tiny_bert
 
 FILLER = [
@@ -287,6 +287,10 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
         (["--max-length", "512"], ("zebra", "giraffe"), "max_length 512 is over the 128 positions of the base"),
         (["--base", "NOT_A_MODEL"], ("zebra", "giraffe"), "is not a model checkpoint directory (no config.json)"),
         (["--output", "FOREIGN"], ("zebra", "giraffe"), "holds files that are not a longdoc model (notes.txt)"),
+        (["--eval-strides", "0", "40"], ("zebra", "giraffe"), "--eval-strides 40: stride must satisfy"),
+        (["--docs-per-step", "0"], ("zebra", "giraffe"), "docs_per_step must be at least 1, got 0"),
+        (["--grad-accumulation", "0"], ("zebra", "giraffe"), "grad_accumulation must be at least 1, got 0"),
+        (["--max-chunks-per-doc", "0"], ("zebra", "giraffe"), "max_chunks_per_doc must be at least 1, got 0"),
     ],
 )
 def test_train_refuses_what_would_fail_late_before_training(
@@ -430,3 +434,49 @@ def test_cross_validating_a_saved_model_with_another_recipe_is_refused(
     assert "recipe differs from the one that made the saved model (learning_rate: saved 5e-05, given 0.001)" in (
         capsys.readouterr().err
     )
+    # --resume without --skip-final retrains the final model: the folds it would keep must be this recipe's
+    assert cli_main([*args, "--resume", "--k-fold", "2", "--lr", "1e-3"]) == 2
+    assert "recipe differs from the one that made the saved model" in capsys.readouterr().err
+    # and the data must be the same file's
+    other = _write_jsonl(tmp_path / "other.jsonl", late_keyword_corpus(6, seed=8))
+    other_args = [other if a == str(data) else a for a in args]
+    assert cli_main([*map(str, other_args), "--skip-final", "--k-fold", "2"]) == 2
+    assert "the data differs from the file that made the saved model" in capsys.readouterr().err
+
+
+def test_a_multi_label_base_still_trains_a_single_label_model(tmp_path: Path, tiny_base: Path) -> None:
+    """Training uses softmax cross-entropy; a base saved with problem_type multi_label must not make the
+    service read the trained model as multi-label (sigmoid scores and a threshold)."""
+    import shutil
+
+    base = tmp_path / "multi-base"
+    shutil.copytree(tiny_base, base)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    (base / "config.json").write_text(
+        json.dumps({**config, "problem_type": "multi_label_classification"}), encoding="utf-8"
+    )
+    _, network = load_base_model(base, ["zebra", "giraffe"], "cls", None)
+    assert network.config.problem_type == "single_label_classification"
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_gain(tiny_base: Path) -> None:
+    """With a learning rate of 0 the validation macro-F1 never improves: patience 1 stops after epoch 2."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    segmenter = Segmenter(tokenizer, 32, 4)
+    labels = {"giraffe": 0, "zebra": 1}
+    train_docs = encode_docs(segmenter, late_keyword_corpus(8, seed=3), labels)
+    val_docs = encode_docs(segmenter, late_keyword_corpus(6, seed=4), labels)
+    config = TrainConfig(
+        max_length=32, stride=4, epochs=5, learning_rate=0.0, docs_per_step=4, early_stopping_patience=1
+    )
+    result = train_model(tiny_base, ["giraffe", "zebra"], train_docs, config, val_docs=val_docs, progress=False)
+    assert [record["epoch"] for record in result.history] == [1, 2] and result.best_epoch == 1
+
+
+def test_an_empty_length_group_reads_as_no_score_not_zero() -> None:
+    from app.training.evaluate import group_accuracy
+
+    assert group_accuracy({"n": 0, "accuracy": 0.0}) == "-"
+    assert group_accuracy({"n": 3, "accuracy": 2 / 3}) == "0.667"
