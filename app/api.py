@@ -71,11 +71,12 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
     if settings.api_key is None:
         return
     expected = settings.api_key.get_secret_value().encode()
-    given = request.headers.get("x-api-key", "")
     authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        given = authorization[7:].strip()
-    if not hmac.compare_digest(given.encode(), expected):
+    bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    # Either header may carry it: huggingface_hub's InferenceClient sends the user's HF token as Bearer,
+    # so a right X-API-Key must not lose to an unrelated Authorization header.
+    candidates = [request.headers.get("x-api-key", ""), bearer]
+    if not any(hmac.compare_digest(given.encode(), expected) for given in candidates if given):
         raise Unauthorized(
             "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
@@ -173,7 +174,8 @@ async def health(request: Request) -> HealthResponse:
     if service.draining:
         raise Draining("the service is draining for shutdown")
     if not service.ready:
-        raise NotReady(f"not ready: warmed_up={state.warmed_up} batcher_running={state.batcher_running}")
+        problem = service.worker_problem()
+        raise NotReady(problem or f"not ready: warmed_up={state.warmed_up} batcher_running={state.batcher_running}")
     return state
 
 
@@ -183,10 +185,12 @@ async def health(request: Request) -> HealthResponse:
     summary="Live: the process answers HTTP and its inference worker has not died (else restart it)",
 )
 async def live(request: Request) -> dict[str, str]:
-    """200 while loading and draining too; 503 only for a dead worker, which nothing but a restart heals."""
+    """200 while loading and draining too; 503 only for a dead or hung worker, which only a restart heals."""
     service: ClassifierService | None = request.app.state.service
-    if service is not None and not service.draining and not service.batcher.running:
-        raise NotReady("the inference worker died; restart the process")
+    if service is not None and not service.draining:
+        problem = service.worker_problem()
+        if problem is not None:
+            raise NotReady(f"{problem}; restart the process")
     return {"status": "alive"}
 
 

@@ -112,6 +112,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._chunks_per_s = 0.0
+        self._pass_started: float | None = None
         self.forward_calls = 0
 
     # ----- state -------------------------------------------------------------------------------------
@@ -128,6 +129,11 @@ class Batcher:
     def running(self) -> bool:
         """True while the background task is alive (False before start, after stop or a crash)."""
         return self._task is not None and not self._task.done()
+
+    def pass_running_s(self) -> float:
+        """How long the forward pass in progress has run (0 when none): a hung engine never settles it."""
+        started = self._pass_started
+        return 0.0 if started is None else time.perf_counter() - started
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queue should have room, from the measured chunk rate."""
@@ -283,7 +289,7 @@ class Batcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         """Run one batch; every future in it is settled on every path out of this method."""
-        started = time.perf_counter()
+        started = self._pass_started = time.perf_counter()
         batch.sort(key=lambda item: len(item.ids))
         ids = [item.ids for item in batch]
         try:
@@ -317,6 +323,7 @@ class Batcher:
                         )
                     )
         finally:
+            self._pass_started = None
             elapsed = time.perf_counter() - started
             self.forward_calls += 1
             self._running = 0

@@ -54,8 +54,9 @@ class DrainingServer(uvicorn.Server):
         while not self.should_exit:
             await asyncio.sleep(self._worker_check_s)
             service = self._app.state.service
-            if service is not None and not service.draining and not service.batcher.running:
-                log.critical("the inference worker died; exiting with status 1 so the process is restarted")
+            problem = None if service is None or service.draining else service.worker_problem()
+            if problem is not None:
+                log.critical("%s; exiting with status 1 so the process is restarted", problem)
                 self.worker_died = True
                 service.draining = True  # refuse new work while in-flight requests get their 503s
                 self.should_exit = True

@@ -59,7 +59,20 @@ class ClassifierService:
 
     @property
     def ready(self) -> bool:
-        return self.warmed_up and self.batcher.running and not self.draining
+        return self.warmed_up and self.batcher.running and not self.draining and self.worker_problem() is None
+
+    def worker_problem(self) -> str | None:
+        """Why no request can be served any more, if so: the batcher task died, or one forward pass has
+        run longer than request_timeout_s (a hung engine: every request in it has had its 504 already)."""
+        if not self.batcher.running:
+            return "the inference worker died"
+        running_s = self.batcher.pass_running_s()
+        if running_s > self.settings.request_timeout_s:
+            return (
+                f"a forward pass has been running for {running_s:.0f} s, over request_timeout_s "
+                f"{self.settings.request_timeout_s:g}: the engine is hung"
+            )
+        return None
 
     async def warm_up(self) -> None:
         """One real forward pass through the batcher before the service reports healthy."""

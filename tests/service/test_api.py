@@ -321,6 +321,10 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
         ok = await client.post("/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert (await client.post("/classify", json={"text": "a"}, headers={"X-API-Key": "s3cret"})).status_code == 200
+        hf_token = {"X-API-Key": "s3cret", "Authorization": "Bearer hf_someone_elses_token"}
+        assert (await client.post("/classify", json={"text": "a"}, headers=hf_token)).status_code == 200
+        empty = {"X-API-Key": "", "Authorization": "Bearer "}
+        assert_error(await client.post("/classify", json={"text": "a"}, headers=empty), 401, "unauthorized")
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
         # without the key, what the body holds is none of the caller's business: 401 before 400/415/422

@@ -115,6 +115,22 @@ async def test_health_turns_503_when_the_worker_dies(client_factory: ClientFacto
     assert metric_value(metrics, "longdoc_rejected_total", reason="not_ready") == 1
 
 
+async def test_a_hung_forward_pass_fails_liveness(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
+    """A pass that outlives request_timeout_s (a wedged GPU, say) has already cost its requests their 504s and
+    will never free the worker: liveness says so, so the orchestrator restarts the pod."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=3.0)
+    async with client_factory(engine=engine, warmup=False, request_timeout_s=0.5) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        stuck = await client.post("/classify", json={"text": "wedges the engine"})
+        assert stuck.status_code == 504
+        await asyncio.sleep(0.1)  # the pass started with the request and now outlives request_timeout_s
+        live, ready = await client.get("/health/live"), await client.get("/health")
+        metrics = (await client.get("/metrics")).text
+    assert live.status_code == 503 and "the engine is hung" in live.json()["error"]["message"]
+    assert ready.status_code == 503 and "over request_timeout_s 0.5" in ready.json()["error"]["message"]
+    assert metric_value(metrics, "longdoc_ready") == 0
+
+
 async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: Any, fake_engine: FakeEngine) -> None:
     """A supervisor that restarts exited processes (Docker's restart:) can only heal a dead worker if we exit."""
     import socket
