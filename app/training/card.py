@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.training.data import DataError
+from app.training.data import DataError, write_atomically
 from app.training.evaluate import FIRST_WINDOW, group_accuracy
 from app.training.train import default_base_model
 
@@ -229,4 +229,4 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "",
         _base_line(summary, config),
     ]
-    (output / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomically(output / "README.md", "\n".join(lines) + "\n")

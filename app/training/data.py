@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +72,11 @@ def load_examples(path: Path) -> list[Example]:
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary sibling, then rename over `path`: an interrupted run (Ctrl-C, a killed job)
+    leaves the old file or the new one, never a torn one that a later `--resume` or the service trips on."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

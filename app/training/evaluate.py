@@ -18,7 +18,7 @@ import torch
 
 from app.aggregate import Aggregation, aggregate
 from app.segmenter import Segmenter
-from app.training.data import DataError, Example, read_text
+from app.training.data import DataError, Example, read_text, write_atomically
 from app.training.train import EncodedDoc, encode_docs, predict_chunk_logits
 
 FIRST_WINDOW = "first_window"
@@ -204,9 +204,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def predict_examples(

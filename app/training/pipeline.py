@@ -12,9 +12,11 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import random
 import resource
 import shlex
+import shutil
 import sys
 import time
 from collections import Counter
@@ -28,7 +30,7 @@ import torch
 from app.model import position_limit, quantize_int8
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
-from app.training.data import DataError, Example, load_examples
+from app.training.data import DataError, Example, load_examples, write_atomically
 from app.training.evaluate import (
     best_setting,
     evaluate_records,
@@ -143,7 +145,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             },
         }
         _save(result.model, tokenizer, options.output, summary["serving"])
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
         del result
     elif not summary_path.is_file():
         raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
@@ -155,8 +157,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
         summary["serving"].update(report["chosen"])
         summary["cv_command"] = command
-        (options.output / "longdoc.json").write_text(json.dumps(summary["serving"], indent=2) + "\n", encoding="utf-8")
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomically(options.output / "longdoc.json", json.dumps(summary["serving"], indent=2) + "\n")
+        write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
     cv_path = options.output / CV_REPORT_FILE
     if cv_path.is_file():
         summary["cv"] = json.loads(cv_path.read_text(encoding="utf-8"))
@@ -189,14 +191,17 @@ def _prepare_output(options: PipelineOptions) -> None:
     output = options.output
     if output.exists() and not output.is_dir():
         raise DataError(f"output {output} is a file, not a directory")
-    if output.is_dir() and any(output.iterdir()):
+    # scratch files of an interrupted longdoc run (see write_atomically and _save) are ours to overwrite
+    entries = list(output.iterdir()) if output.is_dir() else []
+    present = [p for p in entries if not (p.name.startswith(".") and p.name.endswith(".partial"))]
+    if present:
         if not (output / SUMMARY_FILE).is_file():
-            names = ", ".join(sorted(p.name for p in output.iterdir())[:5])
+            names = ", ".join(sorted(p.name for p in present)[:5])
             raise DataError(
                 f"output {output} holds files that are not a longdoc model ({names}); give a new or empty directory"
             )
-        if not (options.skip_final or options.resume):
-            for name in (CV_PREDICTIONS_FILE, CV_INT8_PREDICTIONS_FILE, CV_REPORT_FILE):
+        if not (options.skip_final or options.resume):  # the old card goes too: it describes the old model
+            for name in (CV_PREDICTIONS_FILE, CV_INT8_PREDICTIONS_FILE, CV_REPORT_FILE, "README.md"):
                 (output / name).unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -340,7 +345,7 @@ def _cross_validate(
             [r for r in records if r["fold"] == 0],
             [r for r in int8_records if r["fold"] == 0],
         )
-    (options.output / CV_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_atomically(options.output / CV_REPORT_FILE, json.dumps(report, indent=2) + "\n")
     log.info("cross-validation:\n%s", format_report(report))
     return report
 
@@ -395,11 +400,19 @@ def _seed_spread(
 
 
 def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> None:
-    """fp16 safetensors (half the size; the service casts to its dtype), tokenizer without truncation."""
+    """fp16 safetensors (half the size; the service casts to its dtype), tokenizer without truncation.
+
+    Everything is written into a scratch folder first and then renamed into place file by file, so an
+    interrupted save never leaves new weights beside the old model's longdoc.json (another network)."""
     backend = tokenizer.backend_tokenizer
     backend.no_truncation()
     backend.no_padding()
-    model.half().save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
-    (output / "longdoc.json").write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    partial = output / ".final.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.half().save_pretrained(partial, safe_serialization=True)
     model.float()
+    tokenizer.save_pretrained(partial)
+    (partial / "longdoc.json").write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    for path in partial.iterdir():
+        os.replace(path, output / path.name)
+    partial.rmdir()

@@ -480,3 +480,29 @@ def test_an_empty_length_group_reads_as_no_score_not_zero() -> None:
 
     assert group_accuracy({"n": 0, "accuracy": 0.0}) == "-"
     assert group_accuracy({"n": 3, "accuracy": 2 / 3}) == "0.667"
+
+
+def test_an_interrupted_save_leaves_the_previous_model_whole(tmp_path: Path, tiny_base: Path) -> None:
+    """Ctrl-C while the final model is written must not leave new weights beside the old longdoc.json."""
+    from app.training.pipeline import _save
+
+    tokenizer, network = load_base_model(tiny_base, ["giraffe", "zebra"], "mean", None)
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "model.safetensors").write_bytes(b"old weights")
+    (output / "longdoc.json").write_text('{"pooling": "cls"}', encoding="utf-8")
+    save_tokenizer = tokenizer.save_pretrained
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    tokenizer.save_pretrained = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        _save(network, tokenizer, output, {"pooling": "mean"})
+    assert (output / "model.safetensors").read_bytes() == b"old weights"
+    assert json.loads((output / "longdoc.json").read_text(encoding="utf-8")) == {"pooling": "cls"}
+    tokenizer.save_pretrained = save_tokenizer
+    _save(network, tokenizer, output, {"pooling": "mean"})  # the next run overwrites the scratch folder
+    assert json.loads((output / "longdoc.json").read_text(encoding="utf-8")) == {"pooling": "mean"}
+    assert (output / "model.safetensors").read_bytes() != b"old weights"
+    assert not (output / ".final.partial").exists()
