@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import socket
 import time
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from app.main import create_app
+from app.server import DrainingServer
 from app.settings import Settings
 from tests.conftest import FakeEngine
 from tests.service.conftest import ClientFactory
@@ -44,6 +50,42 @@ async def test_pathological_text_classifies_with_valid_offsets(client_factory: C
     assert elapsed < 120  # bounded: not a timing claim, a hang detector
 
 
+async def serve_on_loopback(app: FastAPI, drain_timeout_s: float) -> tuple[DrainingServer, asyncio.Task[None], str]:
+    """`longdoc serve`'s server (drain, watchdog) on a free loopback port, returned once /health is 200."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = DrainingServer(config, app, drain_timeout_s=drain_timeout_s, worker_check_s=0.05)
+    serving = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        for _ in range(400):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    return server, serving, url
+
+
+def classify_scope() -> dict[str, Any]:
+    """The ASGI scope of a POST /classify, for tests that drive the app's receive/send by hand."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "root_path": "",
+    }
+
+
 async def test_disconnected_client_frees_its_chunks(wordpiece_tokenizer: Any, tiny_model_dir: Any) -> None:
     """A client that goes away while queued: its chunks leave the queue and never reach the engine."""
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.4)
@@ -68,21 +110,7 @@ async def test_disconnected_client_frees_its_chunks(wordpiece_tokenizer: Any, ti
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/classify",
-            "raw_path": b"/classify",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-            "root_path": "",
-        }
-        await manager.app(scope, receive, send)
+        await manager.app(classify_scope(), receive, send)
         return sent
 
     async with LifespanManager(app) as manager:
@@ -133,26 +161,9 @@ async def test_a_hung_forward_pass_fails_liveness(client_factory: ClientFactory,
 
 async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: Any, fake_engine: FakeEngine) -> None:
     """A supervisor that restarts exited processes (Docker's restart:) can only heal a dead worker if we exit."""
-    import socket
-
-    import httpx
-    import uvicorn
-
-    from app.server import DrainingServer
-
     app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=fake_engine)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = DrainingServer(config, app, drain_timeout_s=5, worker_check_s=0.05)
-    serving = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        for _ in range(400):
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+    server, serving, url = await serve_on_loopback(app, drain_timeout_s=5)
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         assert (await client.post("/classify", json={"text": "healthy"})).status_code == 200
         await asyncio.sleep(0.2)  # several watchdog rounds: a healthy worker is left alone
         assert not serving.done()
@@ -163,29 +174,11 @@ async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: An
 
 async def test_second_signal_during_the_drain_stops_at_once(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
     """The first SIGTERM drains (up to drain_timeout_s); an operator's second one must not wait for it."""
-    import signal
-    import socket
-
-    import httpx
-    import uvicorn
-
-    from app.server import DrainingServer
-
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)  # the long request below needs ~20 s of passes
     settings = Settings(model_dir=tiny_model_dir, num_threads=2, max_batch_size=1, max_wait_ms=0, drain_timeout_s=600)
     app = create_app(settings, engine=engine)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = DrainingServer(config, app, drain_timeout_s=settings.drain_timeout_s, worker_check_s=0.05)
-    serving = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        for _ in range(400):
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+    server, serving, url = await serve_on_loopback(app, drain_timeout_s=settings.drain_timeout_s)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         calls = len(engine.calls)
         long_request = asyncio.create_task(client.post("/classify", json={"text": "zebra " * 600}))
         for _ in range(1000):
@@ -207,12 +200,6 @@ async def test_requests_arriving_during_the_drain_do_not_hold_it_open(
 ) -> None:
     """A client trickling a body (or a stream of probes) after SIGTERM must not keep the drain waiting until
     drain_timeout_s: only work accepted before the drain counts."""
-    import signal
-
-    import uvicorn
-
-    from app.server import DrainingServer
-
     app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=fake_engine)
     server = DrainingServer(uvicorn.Config(app), app, drain_timeout_s=600)
     body_started = asyncio.Event()
@@ -227,24 +214,10 @@ async def test_requests_arriving_during_the_drain_do_not_hold_it_open(
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/classify",
-        "raw_path": b"/classify",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "root_path": "",
-    }
     async with LifespanManager(app) as manager:
         server._loop = asyncio.get_running_loop()
         server.handle_exit(signal.SIGTERM, None)
-        trickler = asyncio.create_task(manager.app(scope, receive, send))
+        trickler = asyncio.create_task(manager.app(classify_scope(), receive, send))
         await body_started.wait()
         assert server._drain_task is not None
         await asyncio.wait_for(server._drain_task, 10)  # before: it waited for the trickler, up to 600 s
