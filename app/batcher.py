@@ -113,6 +113,7 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self._chunks_per_s = 0.0
         self._pass_started: float | None = None
+        self._in_pass: list[_Item] = []
         self.forward_calls = 0
 
     # ----- state -------------------------------------------------------------------------------------
@@ -161,6 +162,14 @@ class Batcher:
         self._fail_queued(Draining("the service is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def abort(self, error: BaseException) -> None:
+        """Fail every queued and running chunk now (a forced stop): their callers answer with `error`
+        instead of being cancelled mid-request. A pass still in the forward thread finds its futures
+        settled and leaves them alone."""
+        self._closed = True
+        self._fail_queued(error)
+        self._settle_error(self._in_pass, error)
 
     async def _wait_idle(self) -> None:
         while self.pending:
@@ -290,6 +299,7 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         """Run one batch; every future in it is settled on every path out of this method."""
         started = self._pass_started = time.perf_counter()
+        self._in_pass = batch
         batch.sort(key=lambda item: len(item.ids))
         ids = [item.ids for item in batch]
         try:
@@ -324,6 +334,7 @@ class Batcher:
                     )
         finally:
             self._pass_started = None
+            self._in_pass = []
             elapsed = time.perf_counter() - started
             self.forward_calls += 1
             self._running = 0

@@ -22,6 +22,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from app.errors import Draining
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import Settings
@@ -63,7 +64,10 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None:  # a second signal during the drain: stop at once
-            log.warning("second signal during the drain: stopping now; requests still running are dropped")
+            log.warning("second signal during the drain: stopping now; requests still running get 503")
+            service = self._app.state.service
+            if service is not None:  # answered in uvicorn's last 0.1 s, instead of cancelled (a bare 500)
+                service.batcher.abort(Draining("the service was stopped before this request finished; retry"))
             self.should_exit = self.force_exit = True  # uvicorn then waits for no connection, task or lifespan
             return
         if self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
