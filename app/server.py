@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -59,8 +60,9 @@ class DrainingServer(uvicorn.Server):
             if problem is not None:
                 log.critical("%s; exiting with status 1 so the process is restarted", problem)
                 self.worker_died = True
-                service.draining = True  # refuse new work while in-flight requests get their 503s
-                self.should_exit = True
+                service.draining = True  # refuse new work; what is queued or running gets its 503 now
+                service.batcher.abort(Draining(f"{problem}; the service restarts, retry"))
+                self.should_exit = self.force_exit = True  # a hung pass would hold a graceful shutdown forever
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None:  # a second signal during the drain: stop at once
@@ -112,4 +114,8 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
     )
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()
-    return 1 if server.worker_died else 0
+    if server.worker_died:
+        # A hung forward thread would block the interpreter's exit (it joins executor threads) forever.
+        logging.shutdown()
+        os._exit(1)
+    return 0

@@ -172,6 +172,20 @@ async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: An
     assert server.worker_died
 
 
+async def test_serve_exits_when_a_forward_pass_hangs(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
+    """A hung engine never finishes its pass, so a graceful shutdown would wait forever: the watchdog
+    answers what is waiting and stops the server at once."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=5.0)
+    settings = Settings(model_dir=tiny_model_dir, num_threads=2, warmup=False, request_timeout_s=0.5)
+    app = create_app(settings, engine=engine)
+    server, serving, url = await serve_on_loopback(app, drain_timeout_s=600)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        stuck = await client.post("/classify", json={"text": "wedges the engine"})
+        await asyncio.wait_for(serving, 4)  # the pass still runs for seconds: no waiting on it
+    assert stuck.status_code == 504 and server.worker_died
+    await app.state.service.batcher.stop(0)
+
+
 async def test_second_signal_during_the_drain_stops_at_once(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
     """The first SIGTERM drains (up to drain_timeout_s); an operator's second one must not wait for it."""
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)  # the long request below needs ~20 s of passes
