@@ -5,9 +5,9 @@ accepted requests are still running. Here the first SIGTERM (or SIGINT) only mar
 /health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
 the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
 
-If the inference worker dies (a bug), the process exits with status 1: no request can be served any more, and
-a supervisor that restarts exited processes (Docker's `restart:`, systemd) heals it; Kubernetes also sees
-`/health/live` fail.
+If the inference worker dies (a bug) or hangs (one forward pass past request_timeout_s), the process exits
+with status 1: no request can be served any more, and a supervisor that restarts exited processes (Docker's
+`restart:`, systemd) heals it; Kubernetes also sees `/health/live` fail.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class DrainingServer(uvicorn.Server):
             watchdog.cancel()
 
     async def _watch_worker(self) -> None:
-        """Stop the server when the batcher task has died outside a drain (nothing could be served again)."""
+        """Stop the server when the worker died or hung outside a drain (nothing could be served again)."""
         while not self.should_exit:
             await asyncio.sleep(self._worker_check_s)
             service = self._app.state.service

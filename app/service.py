@@ -95,7 +95,7 @@ class ClassifierService:
         segmented = await self._segment(texts, request.max_chunks, deadline)
         for index, seg in enumerate(segmented):
             if not seg.chunks:
-                where = "text" if request.text is not None else f"texts[{index}]"
+                where = _where(request.text is not None, index)
                 raise InvalidInput(f"{where} has no tokens for this model's tokenizer")
         flat = [chunk.input_ids for seg in segmented for chunk in seg.chunks]
         stats.chunks, stats.tokens = len(flat), sum(s.num_tokens for s in segmented)
@@ -130,7 +130,7 @@ class ClassifierService:
         if len(texts) > limit:
             raise PayloadTooLarge(f"{len(texts)} texts exceed max_texts_per_request {limit}")
         for index, text in enumerate(texts):
-            where = "text" if single else f"texts[{index}]"
+            where = _where(single, index)
             if len(text) > self.settings.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where} has {len(text)} characters, over max_document_chars {self.settings.max_document_chars}"
@@ -216,3 +216,8 @@ class ClassifierService:
                 for i in decisive[: request.top_k_chunks]
             ]
         return result
+
+
+def _where(single: bool, index: int) -> str:
+    """How an error names a text: as the client sent it, `text` or `texts[i]`."""
+    return "text" if single else f"texts[{index}]"

@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -80,3 +81,8 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Indented JSON with a final newline, written atomically (see write_atomically)."""
+    write_atomically(path, json.dumps(data, indent=2) + "\n")

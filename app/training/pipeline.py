@@ -30,7 +30,7 @@ import torch
 from app.model import position_limit, quantize_int8
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
-from app.training.data import DataError, Example, load_examples, write_atomically
+from app.training.data import DataError, Example, load_examples, write_json
 from app.training.evaluate import (
     best_setting,
     evaluate_records,
@@ -145,7 +145,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             },
         }
         _save(result.model, tokenizer, options.output, summary["serving"])
-        write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
+        write_json(summary_path, summary)
         del result
     elif not summary_path.is_file():
         raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
@@ -157,8 +157,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
         summary["serving"].update(report["chosen"])
         summary["cv_command"] = command
-        write_atomically(options.output / "longdoc.json", json.dumps(summary["serving"], indent=2) + "\n")
-        write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
+        write_json(options.output / "longdoc.json", summary["serving"])
+        write_json(summary_path, summary)
     cv_path = options.output / CV_REPORT_FILE
     if cv_path.is_file():
         summary["cv"] = json.loads(cv_path.read_text(encoding="utf-8"))
@@ -345,7 +345,7 @@ def _cross_validate(
             [r for r in records if r["fold"] == 0],
             [r for r in int8_records if r["fold"] == 0],
         )
-    write_atomically(options.output / CV_REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_json(options.output / CV_REPORT_FILE, report)
     log.info("cross-validation:\n%s", format_report(report))
     return report
 
@@ -412,7 +412,7 @@ def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> 
     model.half().save_pretrained(partial, safe_serialization=True)
     model.float()
     tokenizer.save_pretrained(partial)
-    (partial / "longdoc.json").write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
+    write_json(partial / "longdoc.json", serving)
     for path in partial.iterdir():
         os.replace(path, output / path.name)
     partial.rmdir()
