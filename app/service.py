@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import regex
 import torch
 
 from app.aggregate import Aggregation, activate, aggregate, contributions
@@ -26,6 +27,7 @@ from app.segmenter import Segmented, Segmenter
 from app.settings import ServingConfig, Settings
 
 EXCERPT_CHARS = 280
+GRAPHEME = regex.compile(r"\X")
 
 
 @dataclass
@@ -211,11 +213,25 @@ class ClassifierService:
                     end=seg.chunks[i].end,
                     contribution=float(shares[i]),
                     score=float(chunk_probs[i, top]),
-                    excerpt=text[seg.chunks[i].start : seg.chunks[i].end][:EXCERPT_CHARS],
+                    excerpt=excerpt(text[seg.chunks[i].start : seg.chunks[i].end]),
                 )
                 for i in decisive[: request.top_k_chunks]
             ]
         return result
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` code points, cut between user-perceived characters (grapheme clusters): a plain
+    slice can cut an emoji ZWJ sequence, a flag or an accent off its base and send a broken glyph."""
+    if len(text) <= limit:
+        return text
+    # A boundary at or before `limit` depends only on the characters around it, so the prefix suffices.
+    cut = 0
+    for cluster in GRAPHEME.finditer(text, 0, limit + 1):
+        if cluster.end() > limit:
+            break
+        cut = cluster.end()
+    return text[:cut] if cut else text[:limit]  # one cluster longer than the limit (stacked marks): cut it
 
 
 def _where(single: bool, index: int) -> str:

@@ -184,8 +184,11 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
             "## Cross-validated metrics",
             f"Stratified {_fold_count(cv)}-fold cross-validation with the recipe above: "
             "each fold model is scored only on its held-out fold. "
-            f"Out-of-fold predictions: `cv_predictions.jsonl` (`longdoc eval --predictions` recomputes these "
-            f"tables); full report: `cv_report.json`. Cross-validation took {cv['cv_seconds'] / 60:.0f} min.",
+            "Fold models are scored as the service runs this checkpoint (weights rounded to fp16). "
+            f"Out-of-fold predictions: `cv_predictions.jsonl`, one record per document and stride with its "
+            "chunk logits and `index`, its 0-based position in the training file (`longdoc eval --predictions` "
+            f"recomputes these tables); full report: `cv_report.json`. Cross-validation took "
+            f"{cv['cv_seconds'] / 60:.0f} min.",
             "",
             f"At the serving stride {stride}:",
             "",

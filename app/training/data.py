@@ -27,8 +27,10 @@ def _check(text: object, label: object, where: str) -> Example:
         raise DataError(f"{where}: 'text' must be a string, got {type(text).__name__}")
     if not text.strip():
         raise DataError(f"{where}: 'text' is empty or whitespace only")
+    if isinstance(label, int) and not isinstance(label, bool):
+        label = str(label)  # class ids such as 0/1, as a CSV file would give them
     if not isinstance(label, str) or not label.strip():
-        raise DataError(f"{where}: 'label' must be a non-empty string, got {label!r}")
+        raise DataError(f"{where}: 'label' must be a non-empty string or an integer class id, got {label!r}")
     return Example(text=text, label=label.strip())
 
 
@@ -55,8 +57,12 @@ def load_examples(path: Path) -> list[Example]:
         missing = {"text", "label"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{path}:1: header lacks column(s) {sorted(missing)}")
-        for row in reader:
-            examples.append(_check(row.get("text"), row.get("label"), f"{path}:{reader.line_num}"))
+        first_line = 2
+        for row in reader:  # a quoted field may span lines: name them all, not only the record's last
+            last_line = reader.line_num
+            lines = str(last_line) if first_line >= last_line else f"{first_line}-{last_line}"
+            examples.append(_check(row.get("text"), row.get("label"), f"{path}:{lines}"))
+            first_line = last_line + 1
     else:
         with io.StringIO(content) as handle:
             for number, line in enumerate(handle, start=1):

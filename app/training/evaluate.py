@@ -60,19 +60,25 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
 
 
 def prediction_records(
-    docs: Sequence[EncodedDoc], logits: Sequence[torch.Tensor], labels: Sequence[str], **tags: Any
+    docs: Sequence[EncodedDoc],
+    logits: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    indices: Sequence[int] | None = None,
+    **tags: Any,
 ) -> list[dict[str, Any]]:
-    """JSON-ready per-document records of chunk logits; `tags` (fold, stride, ...) go into each."""
+    """JSON-ready per-document records of chunk logits; `tags` (fold, stride, ...) go into each, and
+    `indices` (the documents' 0-based positions in the data file) let a reader join them to the texts."""
     return [
         {
             **tags,
+            **({"index": indices[n]} if indices is not None else {}),
             "label": labels[doc.label],
             "labels": list(labels),
             "num_tokens": doc.num_tokens,
             "token_counts": doc.token_counts,
             "chunk_logits": [[round(float(v), 6) for v in row] for row in chunk],
         }
-        for doc, chunk in zip(docs, logits, strict=True)
+        for n, (doc, chunk) in enumerate(zip(docs, logits, strict=True))
     ]
 
 
@@ -116,10 +122,10 @@ def evaluate_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 block["folds"] = {
                     "accuracy": accuracies,
                     "accuracy_mean": float(np.mean(accuracies)),
-                    "accuracy_std": float(np.std(accuracies)),
+                    "accuracy_std": float(np.std(accuracies, ddof=1)),  # sample sd: the folds are a sample
                     "macro_f1": f1s,
                     "macro_f1_mean": float(np.mean(f1s)),
-                    "macro_f1_std": float(np.std(f1s)),
+                    "macro_f1_std": float(np.std(f1s, ddof=1)),
                 }
             strategies[strategy] = block
         report["strides"][str(stride)] = {
@@ -216,11 +222,13 @@ def predict_examples(
     strides: Sequence[int],
     *,
     max_batch_tokens: int = 16384,
+    indices: Sequence[int] | None = None,
     **tags: Any,
 ) -> list[dict[str, Any]]:
     """Run a model over labelled examples at each stride and return prediction records.
 
-    `max_batch_tokens=0` runs one chunk per forward pass, as the service runs an int8 model.
+    `max_batch_tokens=0` runs one chunk per forward pass, as the service runs an int8 model; `indices`
+    are the examples' positions in the data file, recorded in each record.
     """
     label2id = {label: i for i, label in enumerate(labels)}
     unknown = sorted({e.label for e in examples} - set(label2id))
@@ -231,5 +239,5 @@ def predict_examples(
     for stride in strides:
         docs = encode_docs(Segmenter(tokenizer, max_length, stride), examples, label2id)
         logits = predict_chunk_logits(model, docs, pad_id, max_batch_tokens)
-        records.extend(prediction_records(docs, logits, labels, stride=stride, max_length=max_length, **tags))
+        records.extend(prediction_records(docs, logits, labels, indices, stride=stride, max_length=max_length, **tags))
     return records

@@ -251,20 +251,32 @@ def _fit_and_predict(
     strides: Sequence[int],
     description: str,
     fold: int,
+    held_out_indices: Sequence[int],
     int8: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Train one model with `config`; its prediction records on `held_out` in fp32 and, with `int8`, as the
-    service's int8 mode computes them (quantized copy, one chunk per forward); and the training seconds."""
+    """Train one model with `config`; its prediction records on `held_out` as the service computes them
+    from the saved checkpoint (weights rounded to fp16, computed in fp32) and, with `int8`, as its int8
+    mode does (quantized, one chunk per forward); and the training seconds."""
     result = train_model(
         options.base_model, labels, train_docs, config, progress=options.progress, description=description
     )
+    as_shipped = copy.deepcopy(result.model).half().float()  # _save writes fp16; the service casts it back
     tags = {"fold": fold, "seed": config.seed}
-    records = predict_examples(result.model, tokenizer, held_out, labels, config.max_length, strides, **tags)
+    records = predict_examples(
+        as_shipped, tokenizer, held_out, labels, config.max_length, strides, indices=held_out_indices, **tags
+    )
     int8_records = []
     if int8:
-        quantized = quantize_int8(copy.deepcopy(result.model))
         int8_records = predict_examples(
-            quantized, tokenizer, held_out, labels, config.max_length, strides, max_batch_tokens=0, **tags
+            quantize_int8(as_shipped),
+            tokenizer,
+            held_out,
+            labels,
+            config.max_length,
+            strides,
+            max_batch_tokens=0,
+            indices=held_out_indices,
+            **tags,
         )
     return records, int8_records, result.seconds
 
@@ -299,7 +311,8 @@ def _cross_validate(
         if fold in kept:
             continue
         train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
-        held_out = [e for e, f in zip(examples, folds, strict=True) if f == fold]
+        held_out_indices = [i for i, f in enumerate(folds) if f == fold]
+        held_out = [examples[i] for i in held_out_indices]
         fold_records, fold_int8, seconds = _fit_and_predict(
             options,
             config,
@@ -310,6 +323,7 @@ def _cross_validate(
             strides,
             f"fold {fold + 1}/{options.k_fold}",
             fold,
+            held_out_indices,
             options.eval_int8,
         )
         records.extend(fold_records)
@@ -365,7 +379,8 @@ def _seed_spread(
     `eval_int8`, what int8 costs on each of these held-out runs)."""
     config = options.config
     train_examples = [e for e, f in zip(examples, folds, strict=True) if f != 0]
-    held_out = [e for e, f in zip(examples, folds, strict=True) if f == 0]
+    held_out_indices = [i for i, f in enumerate(folds) if f == 0]
+    held_out = [examples[i] for i in held_out_indices]
     runs: dict[str, Any] = {str(config.seed): _accuracies(fold_records, config.stride)}
     int8_runs: dict[str, Any] = {}
     if fold_int8_records:
@@ -383,6 +398,7 @@ def _seed_spread(
             [config.stride],
             f"seed {seed} fold 1",
             0,
+            held_out_indices,
             options.eval_int8,
         )
         runs[str(seed)] = _accuracies(records, config.stride)

@@ -136,6 +136,18 @@ async def test_classify_long_text_uses_every_token(client_factory: ClientFactory
     assert all(t["excerpt"] == text[t["start"] : t["end"]][: len(t["excerpt"])] for t in top)
 
 
+async def test_excerpt_is_cut_between_whole_characters(client_factory: ClientFactory) -> None:
+    """An emoji ZWJ sequence straddling the 280-code-point limit is left out whole, never half sent."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    text = "word " * 55 + "ab" + family + " tail"
+    async with client_factory() as client:
+        response = await client.post("/classify", json={"text": text, "return_chunks": True, "top_k_chunks": 1})
+    assert response.status_code == 200, response.text
+    (top,) = response.json()["top_chunks"]
+    assert top["end"] == len(text)
+    assert top["excerpt"] == text[:277]  # the sequence spans code points 277-281
+
+
 async def test_batch_of_texts_keeps_order_and_matches_single_requests(client_factory: ClientFactory) -> None:
     texts = [long_text(50 + 90 * i, seed=i) for i in range(5)]
     async with client_factory() as client:

@@ -238,6 +238,9 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
         ("array.jsonl", "[1, 2]\n", "array.jsonl:1: expected a JSON object"),
         ("cols.csv", "body,label\nx,a\n", "cols.csv:1: header lacks column(s) ['text']"),
         ("rows.csv", 'text,label\n"fine",a\n"",b\n', "rows.csv:3: 'text' is empty or whitespace only"),
+        ("span.csv", 'text,label\n"one\ntwo\nthree",\n', "span.csv:2-4: 'label' must be a non-empty string"),
+        ("after.csv", 'text,label\n"a\nb",x\n" ",y\n', "after.csv:4: 'text' is empty"),
+        ("flag.jsonl", '{"text": "ok", "label": true}\n', "flag.jsonl:1: 'label' must be a non-empty string"),
     ],
 )
 def test_bad_data_files_name_the_line(tmp_path: Path, name: str, content: str, message: str) -> None:
@@ -348,6 +351,16 @@ def test_a_tie_keeps_the_trained_recipe() -> None:
     assert best_setting(report, (8, "mean_logits")) == (0, "mean_probs")  # a better score still wins
 
 
+def test_integer_class_ids_load_as_labels_as_they_would_from_csv(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', encoding="utf-8")
+    (tmp_path / "d.csv").write_text("text,label\na,1\nb,0\n", encoding="utf-8")
+    assert (
+        load_examples(tmp_path / "d.jsonl")
+        == load_examples(tmp_path / "d.csv")
+        == [Example("a", "1"), Example("b", "0")]
+    )
+
+
 def test_csv_and_jsonl_load_the_same_examples(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"text": "a, \\"quoted\\"\\nline", "label": "x"}\n', encoding="utf-8")
     (tmp_path / "d.csv").write_text('text,label\n"a, ""quoted""\nline",x\n', encoding="utf-8")
@@ -376,6 +389,10 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     records = [json.loads(line) for line in (output / "cv_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted((r["stride"], r["fold"]) for r in records).count((0, 0)) == 6  # each document once per stride
     assert {r["stride"] for r in records} == {0, 8}
+    for stride in (0, 8):  # each record names its document: every one once per stride, with its label
+        rows = sorted(r["index"] for r in records if r["stride"] == stride)
+        assert rows == list(range(len(corpus)))
+    assert all(r["label"] == corpus[r["index"]].label for r in records)
     report = json.loads((output / "cv_report.json").read_text(encoding="utf-8"))
     chosen = report["chosen"]
     assert json.loads((output / "longdoc.json").read_text(encoding="utf-8"))["stride"] == chosen["stride"]
@@ -391,8 +408,8 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     int8 = [
         json.loads(line) for line in (output / "cv_predictions_int8.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    assert [(r["fold"], r["stride"], r["label"]) for r in int8] == [
-        (r["fold"], r["stride"], r["label"]) for r in records
+    assert [(r["fold"], r["stride"], r["index"]) for r in int8] == [
+        (r["fold"], r["stride"], r["index"]) for r in records
     ]
     assert int8 != records  # quantized fold models, not a copy of the fp32 logits
     assert report["int8"]["folds"] == [1, 2]
