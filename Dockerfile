@@ -28,12 +28,18 @@ RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 WORKDIR /src
-# Dependencies are pinned by the project's constraints file; torch==2.13.0 is already satisfied above
-# (a local version such as 2.13.0+cpu matches ==2.13.0), so pip keeps the build chosen by TORCH_INDEX_URL.
-COPY pyproject.toml README.md constraints.txt ./
+# The dependencies (read from pyproject.toml, pinned by constraints.txt) get their own layer, so an edit to
+# the code re-installs only the package. torch==2.13.0 is already satisfied above (a local version such as
+# 2.13.0+cpu matches ==2.13.0), so pip keeps the build chosen by TORCH_INDEX_URL.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+       > /tmp/requirements.txt \
+    && pip install --no-cache-dir --constraint constraints.txt --requirement /tmp/requirements.txt
+COPY README.md ./
 COPY app/ app/
 COPY longdoc/ longdoc/
-RUN pip install --no-cache-dir --constraint constraints.txt . \
+RUN pip install --no-cache-dir --no-deps . \
+    && pip check \
     && python -c "import torch, app.main; print('torch', torch.__version__)"
 
 ############################ runtime: the virtualenv, the model, a non-root user ##########################

@@ -44,6 +44,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from app.training.card import duration
     from app.training.pipeline import PipelineOptions, run_pipeline
     from app.training.train import default_base_model
 
@@ -66,10 +67,23 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # DataError (bad data or files) is one
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {args.output} keeps what was complete (a final model is written whole or not at "
+            "all, and every finished cross-validation fold); to finish the cross-validation, run the same "
+            "command with --skip-final --resume",
+            file=sys.stderr,
+        )
+        return 130
     serving = summary["serving"]
+    done = (
+        f"cross-validated {args.output}"
+        if args.skip_final
+        else f"saved {args.output} (final fit: {duration(summary['final_seconds'])})"
+    )
     print(
-        f"saved {args.output} in {summary['final_seconds'] / 60:.1f} min (final run); serving defaults "
-        f"max_length={serving['max_length']} stride={serving['stride']} aggregation={serving['aggregation']}"
+        f"{done}; serving defaults max_length={serving['max_length']} stride={serving['stride']} "
+        f"aggregation={serving['aggregation']}"
     )
     return 0
 
@@ -261,9 +275,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "serve":
+        from pydantic import ValidationError
+
         from app.server import serve
 
-        return serve(host=args.host, port=args.port, model_dir=args.model_dir)
+        try:
+            return serve(host=args.host, port=args.port, model_dir=args.model_dir)
+        except ValidationError as exc:  # a bad LONGDOC_* value or flag: one line each, not a traceback
+            for error in exc.errors():
+                name = "LONGDOC_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+                print(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+            return 2
     raise AssertionError(args.command)
 
 

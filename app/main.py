@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import torch
 from fastapi import FastAPI
@@ -18,7 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import compat, demo
 from app.api import classify_router, package_version, router
 from app.batcher import Batcher
-from app.errors import install_error_handlers
+from app.errors import Draining, install_error_handlers
 from app.metrics import Metrics
 from app.middleware import InFlight, RequestContextMiddleware
 from app.model import Engine, load_model
@@ -27,6 +30,7 @@ from app.service import ClassifierService
 from app.settings import Settings, default_batch_tokens, resolve_serving
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def configure_threads(num_threads: int) -> None:
@@ -36,8 +40,17 @@ def configure_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads)
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app; nothing heavy happens until the lifespan starts."""
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, load_in_background: bool = False
+) -> FastAPI:
+    """Build the app; nothing heavy happens until the lifespan starts.
+
+    The lifespan loads the model, starts the batcher and warms it up. By default the startup waits for all
+    that (uvicorn opens the port afterwards, and a failed load fails the startup). With
+    `load_in_background` (what `longdoc serve` does) the port opens at once: /health, /classify and /info
+    answer 503 "loading" and /health/live 200 until the model is ready, as a load balancer and an
+    orchestrator expect; `app.state.startup` is the task a supervisor watches for a failed load.
+    """
     settings = settings or Settings()
     metrics = Metrics()
     in_flight = InFlight()
@@ -45,54 +58,25 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_threads(settings.num_threads)
-        loaded: Engine
-        if engine is not None:
-            loaded = engine
-        else:
-            loaded = await asyncio.to_thread(
-                load_model, settings.model_dir, settings.device, settings.dtype, settings.quantize
-            )
-        serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)
-        segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
-        batcher = Batcher(
-            loaded.forward,
-            max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name),
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_chunks=settings.max_queue_chunks,
-            metrics=metrics,
-            across_requests=settings.batch_across_requests,
-            aging_s=settings.scheduler_aging_s,
-        )
-        batcher.start()
-        service = ClassifierService(loaded, segmenter, batcher, serving, settings, metrics)
-        metrics.model_info.labels(
-            model=loaded.name,
-            revision=loaded.revision,
-            device=loaded.device_name,
-            dtype=loaded.dtype_name,
-            quantization=loaded.quantization,
-        ).set(1)
-        if settings.warmup:
-            await service.warm_up()
-        else:
-            service.warmed_up = True
-        app.state.service = service
-        log.info(
-            "serving %s (revision %s) on %s/%s: max_length=%d stride=%d aggregation=%s",
-            loaded.name,
-            loaded.revision,
-            loaded.device_name,
-            loaded.dtype_name,
-            serving.max_length,
-            serving.stride,
-            serving.aggregation,
-        )
+        started: list[Batcher] = []  # the batcher, once running: the shutdown stops it even mid-warm-up
+        startup = asyncio.create_task(_startup(app, settings, engine, metrics, started))
+        app.state.startup = startup
         try:
+            if not load_in_background:
+                await startup  # a failure still runs the cleanup below, then fails the startup
             yield
         finally:
-            service.draining = True
-            await batcher.stop(settings.drain_timeout_s)
+            startup.cancel()  # a load still running is abandoned (its thread finishes on its own)
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # _startup logged a failure
+                await startup
+            service = app.state.service
+            for batcher in started:
+                if service is None:  # stopped while warming up: nothing accepted waits, the warm-up need not
+                    batcher.abort(Draining("the service stopped while warming up"))
+                    await batcher.stop(0)
+                else:
+                    service.draining = True
+                    await batcher.stop(settings.drain_timeout_s)
             app.state.service = None
 
     docs = settings.docs_enabled
@@ -109,13 +93,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
+    app.state.startup = None
     app.state.in_flight = in_flight
     metrics.ready.set_function(lambda: float(app.state.service is not None and app.state.service.ready))
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(classify_router)
+    app.include_router(demo.router)  # before compat: HEAD / (an uptime check) is the page's, not POST /'s
     app.include_router(compat.router)
-    app.include_router(demo.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -128,3 +113,99 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, in_flight=in_flight
     )
     return app
+
+
+async def _startup(
+    app: FastAPI, settings: Settings, engine: Engine | None, metrics: Metrics, started: list[Batcher]
+) -> None:
+    """_start under startup_timeout_s (a load from a stalled disk or a wedged warm-up pass must end in a
+    restart, not an unready process forever); a failure is logged here, once, whoever notices it later."""
+    try:
+        await asyncio.wait_for(_start(app, settings, engine, metrics, started), settings.startup_timeout_s)
+    except TimeoutError:
+        log.critical(
+            "the model did not load and warm up within startup_timeout_s %g; start-up failed",
+            settings.startup_timeout_s,
+        )
+        raise
+    except Exception as exc:
+        log.critical("the model failed to load: %s", exc, exc_info=exc)
+        raise
+
+
+async def _start(
+    app: FastAPI, settings: Settings, engine: Engine | None, metrics: Metrics, started: list[Batcher]
+) -> None:
+    """Load (or take) the engine, start the batcher, warm up; only then is the service on `app.state`."""
+    loaded: Engine
+    if engine is not None:
+        loaded = engine
+    else:
+        log.info("loading the model from %s", settings.model_dir)
+        loaded = await _in_daemon_thread(
+            lambda: load_model(settings.model_dir, settings.device, settings.dtype, settings.quantize)
+        )
+    serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)
+    segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
+    batcher = Batcher(
+        loaded.forward,
+        max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name),
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_chunks=settings.max_queue_chunks,
+        metrics=metrics,
+        across_requests=settings.batch_across_requests,
+        aging_s=settings.scheduler_aging_s,
+    )
+    batcher.start()
+    started.append(batcher)
+    service = ClassifierService(loaded, segmenter, batcher, serving, settings, metrics)
+    metrics.model_info.labels(
+        model=loaded.name,
+        revision=loaded.revision,
+        device=loaded.device_name,
+        dtype=loaded.dtype_name,
+        quantization=loaded.quantization,
+    ).set(1)
+    if settings.warmup:
+        await service.warm_up()
+    else:
+        service.warmed_up = True
+    service.draining = app.state.in_flight.draining  # a SIGTERM during the load: published as draining
+    app.state.service = service
+    log.info(
+        "serving %s (revision %s) on %s/%s: max_length=%d stride=%d aggregation=%s",
+        loaded.name,
+        loaded.revision,
+        loaded.device_name,
+        loaded.dtype_name,
+        serving.max_length,
+        serving.stride,
+        serving.aggregation,
+    )
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """Run `work` in a daemon thread: a stop during a long model load must not wait for the load, and
+    asyncio.to_thread's executor is joined when the event loop closes."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the waiter was cancelled: nobody wants the result any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:  # handed to the awaiting task, which reports it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the process is stopping
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="longdoc-load", daemon=True).start()
+    return await future

@@ -139,18 +139,25 @@ class RequestContextMiddleware:
 
 
 def _endpoint(scope: Scope) -> str:
-    """The route template for the metrics label. A request refused before routing (a 413 on its declared
-    length) or served by a plain Starlette route (/docs) is matched against the app's routes here, so no
-    real traffic hides as "unmatched"; the path stands for the template, as no route has path parameters."""
+    """The route template for the metrics label, or the label a route class names (the demo page's).
+    A request refused before routing (a 413 on its declared length) or served by a plain Starlette route
+    (/docs) is matched against the app's routes here, so no real traffic hides as "unmatched"; the path
+    stands for the template, as only the demo page's asset route has a path parameter."""
     route = scope.get("route")
     if route is not None and getattr(route, "path", None):
-        return str(route.path)
+        return str(getattr(route, "metrics_endpoint", route.path))
     router = getattr(scope.get("app"), "router", None)
+    best = None  # a full match (path and method) wins over a route with this path but another method
     for candidate in getattr(router, "routes", ()):
         match, _ = candidate.matches(scope)
-        if match is not Match.NONE:
-            return str(scope.get("path", "unmatched"))
-    return "unmatched"
+        if match is Match.FULL:
+            best = candidate
+            break
+        if match is Match.PARTIAL and best is None:
+            best = candidate
+    if best is None:
+        return "unmatched"
+    return str(getattr(best, "metrics_endpoint", scope.get("path", "unmatched")))
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -80,15 +80,39 @@ def pad_chunks(chunks: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
+METADATA_KEYS = ("max_length", "stride", "aggregation", "pooling", "threshold")
+
+
 def read_model_metadata(model_dir: Path) -> dict[str, Any]:
-    """The serving defaults stored beside the weights (`longdoc.json`), or {} when there are none."""
+    """The serving defaults stored beside the weights (`longdoc.json`), or {} when there are none. A key
+    it does not know (a typo such as "strid") is an error: ignored, it would serve another setting."""
     path = model_dir / MODEL_METADATA_FILE
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(METADATA_KEYS))
+    if unknown:
+        raise ValueError(f"{path} has unknown key(s) {unknown}; known: {', '.join(METADATA_KEYS)}")
     return data
+
+
+def model_pooling(config: Any, metadata: dict[str, Any], model_dir: Path) -> str:
+    """How the head reads the encoder: longdoc.json's `pooling`, else what training recorded in config.json
+    (`longdoc_pooling`), else the [CLS] pooler. The two records must agree: another pooling is another
+    network, which would serve confidently and wrongly."""
+    recorded = getattr(config, "longdoc_pooling", None)
+    stated = metadata.get("pooling")
+    if stated is not None and recorded is not None and stated != recorded:
+        raise ValueError(
+            f"{model_dir / MODEL_METADATA_FILE} says pooling {stated!r}, but config.json records that the model "
+            f"was trained with {recorded!r}"
+        )
+    return str(stated or recorded or "cls")
 
 
 def weights_revision(model_dir: Path) -> str:
@@ -222,7 +246,7 @@ def load_model(
         AutoModelForSequenceClassification.from_pretrained(
             model_dir, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
         ),
-        str(metadata.get("pooling", "cls")),
+        model_pooling(config, metadata, model_dir),
     )
     model.eval()
     if quantize == "int8":

@@ -5,9 +5,11 @@ accepted requests are still running. Here the first SIGTERM (or SIGINT) only mar
 /health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
 the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
 
-If the inference worker dies (a bug) or hangs (one forward pass past request_timeout_s), the process exits
-with status 1: no request can be served any more, and a supervisor that restarts exited processes (Docker's
-`restart:`, systemd) heals it; Kubernetes also sees `/health/live` fail.
+The model loads in the background: the port opens at once, /health and /classify answer 503 "loading"
+and /health/live 200 until it is ready. If the load fails, or the inference worker dies (a bug) or hangs
+(one forward pass past request_timeout_s), the process exits with status 1: no request can be served any
+more, and a supervisor that restarts exited processes (Docker's `restart:`, systemd) heals it; Kubernetes
+also sees `/health/live` fail.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class DrainingServer(uvicorn.Server):
         self._worker_check_s = worker_check_s
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.worker_died = False
+        self.failed = False  # the model failed to load, or the worker died or hung: exit status 1
 
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         self._loop = asyncio.get_running_loop()
@@ -52,14 +54,20 @@ class DrainingServer(uvicorn.Server):
             watchdog.cancel()
 
     async def _watch_worker(self) -> None:
-        """Stop the server when the worker died or hung outside a drain (nothing could be served again)."""
+        """Stop the server when the model failed to load, or the worker died or hung outside a drain
+        (nothing could be served again)."""
         while not self.should_exit:
             await asyncio.sleep(self._worker_check_s)
+            if _startup_failed(self._app):  # logged by the start-up itself
+                log.critical("exiting with status 1 so the process is restarted")
+                self.failed = True
+                self.should_exit = True
+                return
             service = self._app.state.service
             problem = None if service is None or service.draining else service.worker_problem()
             if problem is not None:
                 log.critical("%s; exiting with status 1 so the process is restarted", problem)
-                self.worker_died = True
+                self.failed = True
                 service.draining = True  # refuse new work; what is queued or running gets its 503 now
                 service.batcher.abort(Draining(f"{problem}; the service restarts, retry"))
                 self.should_exit = self.force_exit = True  # a hung pass would hold a graceful shutdown forever
@@ -101,7 +109,7 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
         overrides["model_dir"] = model_dir
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, settings.log_json)
-    app = create_app(settings)
+    app = create_app(settings, load_in_background=True)  # the port opens at once; 503 until loaded
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -114,8 +122,16 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
     )
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()
-    if server.worker_died:
-        # A hung forward thread would block the interpreter's exit (it joins executor threads) forever.
+    server.failed = server.failed or _startup_failed(app)  # it may have failed just before a stop signal
+    stopped_loading = app.state.startup is not None and app.state.startup.cancelled()
+    if server.failed or stopped_loading:
+        # The interpreter joins worker threads at exit: a hung forward pass would hold it forever, and a
+        # model load abandoned by a stop for as long as the load takes.
         logging.shutdown()
-        os._exit(1)
+        os._exit(1 if server.failed else 0)
     return 0
+
+
+def _startup_failed(app: FastAPI) -> bool:
+    startup = app.state.startup
+    return bool(startup is not None and startup.done() and not startup.cancelled() and startup.exception())

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.aggregate import Aggregation
 from app.model import MODEL_METADATA_FILE
+
+T = TypeVar("T")
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model_store" / "hyperpartisan-minilm"
 
@@ -94,6 +97,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body in bytes.")
     request_timeout_s: float = Field(600.0, gt=0, description="Deadline from arrival; then 504.")
     drain_timeout_s: float = Field(630.0, gt=0, description="Longest drain after SIGTERM.")
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="Longest model load and warm-up; past it the start-up fails (exit status 1)."
+    )
     api_key: SecretStr | None = Field(None, description="When set, /classify requires this key.")
     auth_metrics: bool = Field(False, description="Also require the API key for /metrics and /info.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -144,12 +150,27 @@ class ServingConfig:
 
 def resolve_serving(settings: Settings, metadata: dict[str, Any], max_positions: int) -> ServingConfig:
     """Environment > longdoc.json > built-in; the window must fit the model's position embeddings."""
-    max_length = settings.max_length or int(metadata.get("max_length", min(512, max_positions)))
+    max_length = settings.max_length or _stored(metadata, "max_length", int, min(512, max_positions))
     if max_length > max_positions:
         raise ValueError(f"max_length {max_length} exceeds the model's position limit {max_positions}")
-    stride = settings.stride if settings.stride is not None else int(metadata.get("stride", 0))
-    aggregation = settings.aggregation or Aggregation(metadata.get("aggregation", Aggregation.MEAN_LOGITS))
-    threshold = settings.threshold if settings.threshold is not None else float(metadata.get("threshold", 0.5))
+    stride = settings.stride if settings.stride is not None else _stored(metadata, "stride", int, 0)
+    aggregation = settings.aggregation or _stored(metadata, "aggregation", Aggregation, Aggregation.MEAN_LOGITS)
+    threshold = settings.threshold if settings.threshold is not None else _stored(metadata, "threshold", float, 0.5)
     if not 0 < threshold < 1:  # only longdoc.json can get here: the setting itself is range-checked
         raise ValueError(f"threshold in {MODEL_METADATA_FILE} must be between 0 and 1 (exclusive), got {threshold}")
     return ServingConfig(max_length=max_length, stride=stride, aggregation=aggregation, threshold=threshold)
+
+
+def _stored(metadata: dict[str, Any], key: str, kind: Callable[[Any], T], default: T) -> T:
+    """A value from longdoc.json as `kind`; a wrong one names the file, the key and what it may be."""
+    value = metadata.get(key, default)
+    try:
+        if isinstance(value, bool) or (kind is int and not isinstance(value, int)):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        if kind is Aggregation:
+            expected = "one of " + ", ".join(a.value for a in Aggregation)
+        else:
+            expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"{key} in {MODEL_METADATA_FILE} must be {expected}; got {value!r}") from None

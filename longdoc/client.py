@@ -224,10 +224,20 @@ class _Base:
             return None
         server = retry_after(response)
         # Jitter either way: clients refused together must not all come back at the same instant.
-        wait = (
-            server * (1 + random.random() / 4) if server is not None else 0.5 * 2**attempt * (1 + random.random() / 2)
-        )
-        return min(wait, self.max_retry_wait_s)
+        if server is None:
+            return self._backoff(attempt)
+        return min(server * (1 + random.random() / 4), self.max_retry_wait_s)
+
+    def _connect_delay(self, error: httpx.ConnectError, attempt: int) -> float | None:
+        """A refused connection (a replica restarting, the port not open yet) never reached the service,
+        so it is retried like a 503; None when the retries are spent, or for a name that does not resolve
+        or a TLS failure (a configuration error: retrying only delays the message)."""
+        if attempt >= self.max_retries or not _refused(error):
+            return None
+        return self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(0.5 * 2.0**attempt * (1 + random.random() / 2), self.max_retry_wait_s)
 
     @staticmethod
     def _body(
@@ -328,7 +338,17 @@ class Client(_Base):
     def _request(self, method: str, path: str, json: Any = None, request_id: str | None = None) -> httpx.Response:
         attempt = 0
         while True:
-            response = self._http.request(method, self.base_url + path, json=json, headers=self._headers(request_id))
+            try:
+                response = self._http.request(
+                    method, self.base_url + path, json=json, headers=self._headers(request_id)
+                )
+            except httpx.ConnectError as error:
+                wait = self._connect_delay(error, attempt)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+                attempt += 1
+                continue
             delay = self._delay(response, attempt)
             if delay is None:
                 return response
@@ -408,9 +428,17 @@ class AsyncClient(_Base):
     async def _request(self, method: str, path: str, json: Any = None, request_id: str | None = None) -> httpx.Response:
         attempt = 0
         while True:
-            response = await self._http.request(
-                method, self.base_url + path, json=json, headers=self._headers(request_id)
-            )
+            try:
+                response = await self._http.request(
+                    method, self.base_url + path, json=json, headers=self._headers(request_id)
+                )
+            except httpx.ConnectError as error:
+                wait = self._connect_delay(error, attempt)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
             delay = self._delay(response, attempt)
             if delay is None:
                 return response
@@ -455,3 +483,15 @@ class AsyncClient(_Base):
         except httpx.TransportError:
             return False
         return response.status_code == 200
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a ConnectError comes from a refused connection (httpx wraps httpcore wraps the OSError)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -167,7 +167,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "```",
         f"Recipe: `{config}`.",
         *_recipe_lines(config, serving["aggregation"]),
-        f"Final training run: {summary['final_seconds'] / 60:.1f} min on CPU, peak resident memory "
+        f"Final training run: {duration(summary['final_seconds'])} on CPU, peak resident memory "
         f"{summary['peak_rss_mb']:.0f} MB (whole process).",
         "",
         "## Serving defaults (`longdoc.json`)",
@@ -188,7 +188,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
             f"Out-of-fold predictions: `cv_predictions.jsonl`, one record per document and stride with its "
             "chunk logits and `index`, its 0-based position in the training file (`longdoc eval --predictions` "
             f"recomputes these tables); full report: `cv_report.json`. Cross-validation took "
-            f"{cv['cv_seconds'] / 60:.0f} min.",
+            f"{duration(cv['cv_seconds'])}.",
             "",
             f"At the serving stride {stride}:",
             "",
@@ -233,3 +233,8 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         _base_line(summary, config),
     ]
     write_atomically(output / "README.md", "\n".join(lines) + "\n")
+
+
+def duration(seconds: float) -> str:
+    """Seconds under a minute (a small model's run), minutes above."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"

@@ -39,7 +39,14 @@ from app.training.evaluate import (
     read_records,
     write_records,
 )
-from app.training.train import EncodedDoc, TrainConfig, encode_docs, load_base_model, train_model
+from app.training.train import (
+    EncodedDoc,
+    TrainConfig,
+    encode_docs,
+    freeze_encoder_layers,
+    load_base_model,
+    train_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     examples = load_examples(options.data)  # fails on a bad line before any training
-    labels = sorted({e.label for e in examples})
+    labels = label_order({e.label for e in examples})
     label2id = {label: i for i, label in enumerate(labels)}
     _check_run(options, examples, labels)
     # The whole network as the recipe builds it: a bad layer count or head fails here, before any training.
@@ -103,6 +110,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         raise DataError(
             f"max_length {config.max_length} is over the {limit} positions of the base {options.base_model}"
         )
+    freeze_encoder_layers(network, config.freeze_layers)  # a count the encoder has not: refused now
     del network
     segmenter = Segmenter(tokenizer, config.max_length, config.stride)
     for stride in options.eval_strides:  # a bad one would otherwise fail after the training
@@ -144,11 +152,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
                 "threshold": 0.5,
             },
         }
-        _save(result.model, tokenizer, options.output, summary["serving"])
-        write_json(summary_path, summary)
+        _save(result.model, tokenizer, options.output, summary, keep_cv=options.resume)
         del result
-    elif not summary_path.is_file():
-        raise DataError(f"{summary_path} is missing: run the final fit first (without --skip-final)")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if options.skip_final:
         _check_same_run(summary, config, data_sha256)
@@ -175,6 +180,18 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
     k = options.k_fold
     if k < 0 or k == 1:
         raise DataError(f"--k-fold must be 0 (no cross-validation) or at least 2, got {k}")
+    if options.seed_spread > 1 and k < 2:
+        raise DataError(
+            f"--seed-spread {options.seed_spread} retrains cross-validation fold 1: it needs --k-fold 2 or more"
+        )
+    if options.skip_final:
+        if k < 2:
+            raise DataError("--skip-final only cross-validates the saved model: give --k-fold 2 or more")
+        if not (options.output / SUMMARY_FILE).is_file():
+            raise DataError(
+                f"--skip-final needs a model trained by longdoc in {options.output} (no {SUMMARY_FILE}): "
+                "run the final fit first (without --skip-final)"
+            )
     if k > 1:
         label, fewest = min(Counter(e.label for e in examples).items(), key=lambda item: item[1])
         if fewest < k:
@@ -185,24 +202,19 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
 
 
 def _prepare_output(options: PipelineOptions) -> None:
-    """A new or empty directory, or an earlier longdoc model that this run replaces. That model's
-    cross-validation files describe it, not the new one, so a new final fit removes them first (`--resume`
-    and `--skip-final` cross-validate the saved model and keep them)."""
+    """A new or empty directory, or an earlier longdoc model that this run replaces (its card and
+    cross-validation files go only when the new final model is saved: see _save)."""
     output = options.output
     if output.exists() and not output.is_dir():
         raise DataError(f"output {output} is a file, not a directory")
     # scratch files of an interrupted longdoc run (see write_atomically and _save) are ours to overwrite
     entries = list(output.iterdir()) if output.is_dir() else []
     present = [p for p in entries if not (p.name.startswith(".") and p.name.endswith(".partial"))]
-    if present:
-        if not (output / SUMMARY_FILE).is_file():
-            names = ", ".join(sorted(p.name for p in present)[:5])
-            raise DataError(
-                f"output {output} holds files that are not a longdoc model ({names}); give a new or empty directory"
-            )
-        if not (options.skip_final or options.resume):  # the old card goes too: it describes the old model
-            for name in (CV_PREDICTIONS_FILE, CV_INT8_PREDICTIONS_FILE, CV_REPORT_FILE, "README.md"):
-                (output / name).unlink(missing_ok=True)
+    if present and not (output / SUMMARY_FILE).is_file():
+        names = ", ".join(sorted(p.name for p in present)[:5])
+        raise DataError(
+            f"output {output} holds files that are not a longdoc model ({names}); give a new or empty directory"
+        )
     output.mkdir(parents=True, exist_ok=True)
 
 
@@ -224,9 +236,10 @@ def _check_same_run(summary: dict[str, Any], config: TrainConfig, data_sha256: s
 
 
 def _previous_records(options: PipelineOptions, name: str) -> list[dict[str, Any]]:
-    """With `resume`, the records an earlier run left in the output directory (else none)."""
+    """With `resume`, the records an earlier run left in the output directory (else none). Records without
+    a document `index` come from an older longdoc that also scored fp32 weights: their folds are redone."""
     path = options.output / name
-    return read_records(path) if options.resume and path.is_file() else []
+    return [r for r in read_records(path) if "index" in r] if options.resume and path.is_file() else []
 
 
 def _complete_folds(records: Sequence[dict[str, Any]], fold_sizes: dict[int, int], strides: Sequence[int]) -> set[int]:
@@ -415,11 +428,15 @@ def _seed_spread(
     return result
 
 
-def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> None:
-    """fp16 safetensors (half the size; the service casts to its dtype), tokenizer without truncation.
+def _save(model: Any, tokenizer: Any, output: Path, summary: dict[str, Any], keep_cv: bool) -> None:
+    """fp16 safetensors (half the size; the service casts to its dtype), tokenizer without truncation,
+    longdoc.json and the training summary.
 
     Everything is written into a scratch folder first and then renamed into place file by file, so an
-    interrupted save never leaves new weights beside the old model's longdoc.json (another network)."""
+    interrupted save never leaves new weights beside the old model's longdoc.json (another network). The
+    old model's card and cross-validation files describe it, not the new one: they go just before the
+    renames (kept with `keep_cv`, whose folds are checked to be this recipe's), not earlier, so a run that
+    fails or is stopped before then leaves the old model whole."""
     backend = tokenizer.backend_tokenizer
     backend.no_truncation()
     backend.no_padding()
@@ -428,7 +445,18 @@ def _save(model: Any, tokenizer: Any, output: Path, serving: dict[str, Any]) -> 
     model.half().save_pretrained(partial, safe_serialization=True)
     model.float()
     tokenizer.save_pretrained(partial)
-    write_json(partial / "longdoc.json", serving)
+    write_json(partial / "longdoc.json", summary["serving"])
+    write_json(partial / SUMMARY_FILE, summary)
+    stale = ["README.md"] if keep_cv else [CV_PREDICTIONS_FILE, CV_INT8_PREDICTIONS_FILE, CV_REPORT_FILE, "README.md"]
+    for name in stale:
+        (output / name).unlink(missing_ok=True)
     for path in partial.iterdir():
         os.replace(path, output / path.name)
     partial.rmdir()
+
+
+def label_order(labels: set[str]) -> list[str]:
+    """Class ids in numeric order (2 before 10: JSONL integers and CSV digits), other labels sorted."""
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)

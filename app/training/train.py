@@ -74,6 +74,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be at least 0, got {self.freeze_layers}")
+        rates = (self.learning_rate, self.head_learning_rate if self.head_learning_rate is not None else 0.0)
+        if min(rates) < 0 or max(rates) == 0:  # lr 0 with a head_lr is fine: it trains the head alone
+            raise ValueError(
+                f"learning rates must be at least 0 and one of them positive, got lr {self.learning_rate} "
+                f"head_lr {self.head_learning_rate}"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be at least 0 and below 1, got {self.warmup_ratio}")
         if self.encoder_layers is not None and self.encoder_layers < 1:
             raise ValueError(f"encoder_layers must be at least 1, got {self.encoder_layers}")
 
@@ -159,6 +167,7 @@ def load_base_model(
         # the loss is softmax cross-entropy: a base saved as multi-label must not make the service use sigmoid
         problem_type="single_label_classification",
     )
+    config.longdoc_pooling = pooling  # in config.json too: a copy without longdoc.json still knows its head
     if encoder_layers is not None:
         available = int(config.num_hidden_layers)
         if not 1 <= encoder_layers <= available:
@@ -178,14 +187,15 @@ def load_base_model(
         )
     finally:
         hf_logging.set_verbosity(previous)
-    _log_loading(base_dir, info)
+    _log_loading(base_dir, info, model.base_model_prefix)
     return tokenizer, with_pooling(model, pooling)
 
 
-def _log_loading(base_dir: Path, info: dict[str, Any]) -> None:
-    """One line for what is expected (a new head, dropped layers); a warning for encoder weights left random."""
+def _log_loading(base_dir: Path, info: dict[str, Any], encoder_prefix: str) -> None:
+    """One line for what is expected (a new head, dropped layers); a warning for encoder weights left random
+    (the head is whatever lies outside the encoder: `classifier`, DistilBERT's `pre_classifier`, ...)."""
     missing = sorted(info.get("missing_keys", ()))
-    untrained = [k for k in missing if not (k.startswith("classifier.") or "pooler." in k)]
+    untrained = [k for k in missing if k.startswith(f"{encoder_prefix}.") and "pooler." not in k]
     unused = info.get("unexpected_keys", ())
     dropped = {m.group(1) for k in unused if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
     log.info(
@@ -199,7 +209,8 @@ def _log_loading(base_dir: Path, info: dict[str, Any]) -> None:
         log.warning("base %s lacks %d encoder weights, left random: %s", base_dir, len(untrained), untrained[:5])
 
 
-def _freeze(model: Any, layers: int) -> None:
+def freeze_encoder_layers(model: Any, layers: int) -> None:
+    """Embeddings and the first `layers` transformer layers stop training (ValueError if it cannot)."""
     if layers <= 0:
         return
     base = model.base_model
@@ -208,6 +219,8 @@ def _freeze(model: Any, layers: int) -> None:
         raise ValueError(
             f"freeze_layers needs a BERT-style encoder (embeddings, encoder.layer); {type(base).__name__} has another"
         )
+    if layers > len(stack):
+        raise ValueError(f"freeze_layers {layers} is more than the encoder's {len(stack)} layers")
     for parameter in base.embeddings.parameters():
         parameter.requires_grad = False
     for layer in stack[:layers]:
@@ -436,7 +449,7 @@ def train_model(
     if config.head_init == "probe":
         probe_accuracy = fit_probe_head(model, train_docs, pad_id, len(labels), config)
         log.info("%s: probe head fitted (C=%g), training accuracy %.3f", description, config.probe_c, probe_accuracy)
-    _freeze(model, config.freeze_layers)
+    freeze_encoder_layers(model, config.freeze_layers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(train_docs) // (config.docs_per_step * config.grad_accumulation))

@@ -79,7 +79,11 @@ def test_cpu_torch_from_the_cpu_index_with_a_build_argument() -> None:
     assert pins == [f"torch=={args['TORCH_VERSION']}"], f"Dockerfile torch {args.get('TORCH_VERSION')} vs {pins}"
     runs = " ".join(a for n, a in instructions() if n == "RUN")
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in runs
-    assert re.search(r"pip install [^&]*--constraint constraints\.txt \.", runs), "the package itself is installed"
+    assert re.search(r"pip install [^&]*--constraint constraints\.txt --requirement", runs), "pinned dependencies"
+    assert re.search(r"pip install [^&]*--no-deps \.", runs), "the package itself is installed"
+    copies = [a for n, a in instructions() if n == "COPY"]
+    code = next(i for i, a in enumerate(copies) if a.startswith("app/"))
+    assert all("pyproject.toml" not in a for a in copies[code:]), "dependencies are installed before the code"
 
 
 def test_runtime_stage_non_root_exec_cmd_healthcheck_and_model() -> None:

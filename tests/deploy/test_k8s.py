@@ -39,6 +39,14 @@ def test_manifests_present() -> None:
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
 
 
+def test_the_autoscaler_alone_owns_the_replica_count() -> None:
+    """A Deployment's replicas would be re-applied over the HPA's count by every `kubectl apply`."""
+    assert "replicas" not in resource("Deployment")["spec"]
+    hpa = resource("HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == resource("Deployment")["metadata"]["name"]
+    assert hpa["minReplicas"] >= 2
+
+
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_validates_strictly(path: Path) -> None:
     versions = kubernetes_versions()
@@ -65,6 +73,7 @@ def test_probes_readiness_health_liveness_live() -> None:
     assert main["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     startup = main["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}, "live is 200 while loading: it bounds nothing"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "room to load and warm up the model"
     assert main["resources"]["requests"] and main["resources"]["limits"]
 

@@ -147,6 +147,9 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
         )
         nginx = stack.enter_context(background(nginx_command(conf, nginx_dir), tmp_path / "nginx.out", signal.SIGQUIT))
         wait_for("nginx", lambda: httpx.get(f"{lb}/nginx-health", timeout=2).status_code == 200, 30, nginx)
+        public_metrics = httpx.get(f"{lb}/metrics", timeout=5)  # scraped per replica, never via the balancer
+        assert public_metrics.status_code == 404 and "longdoc_" not in public_metrics.text
+        assert public_metrics.json()["error"]["type"] == "not_found"
 
         prometheus_yml = tmp_path / "prometheus.yml"
         prometheus_yml.write_text(yaml.safe_dump(render_prometheus(targets=[victim, survivor], interval="1s")))

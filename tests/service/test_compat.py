@@ -238,3 +238,16 @@ async def test_openapi_shows_the_tei_error_body_on_compat_routes(
             ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
             assert ref.endswith("/TeiError"), (path, status, ref)
     assert set(schema["components"]["schemas"]["TeiError"]["properties"]) == {"error", "error_type"}
+
+
+async def test_the_demo_page_does_not_count_as_the_hugging_face_route(client_factory: ClientFactory) -> None:
+    """Dashboards and alerts count `endpoint="/"` as classification traffic: opening the page must not."""
+    async with client_factory() as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/static/demo.js")).status_code == 200
+        assert (await client.head("/")).status_code == 405  # what many uptime checks send
+        assert (await client.post("/", json={"inputs": "a short text"})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "longdoc_requests_total", endpoint="/") == 1
+    assert metric_value(metrics, "longdoc_requests_total", endpoint="demo", status="200") == 2
+    assert metric_value(metrics, "longdoc_requests_total", endpoint="demo", status="405") == 1

