@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     from app.training.pipeline import PipelineOptions, run_pipeline
     from app.training.train import default_base_model
 
+    started = time.time()
     try:  # bad data, or a recipe the options or the base model cannot take
         options = PipelineOptions(
             data=args.data,
@@ -68,12 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: {args.output} keeps what was complete (a final model is written whole or not at "
-            "all, and every finished cross-validation fold); to finish the cross-validation, run the same "
-            "command with --skip-final --resume",
-            file=sys.stderr,
-        )
+        print(f"\ninterrupted: {_interrupted_hint(args, started)}", file=sys.stderr)
         return 130
     serving = summary["serving"]
     done = (
@@ -86,6 +83,22 @@ def _train(args: argparse.Namespace) -> int:
         f"aggregation={serving['aggregation']}"
     )
     return 0
+
+
+def _interrupted_hint(args: argparse.Namespace, started: float) -> str:
+    """What a stopped `longdoc train` kept, and the command that goes on from there."""
+    from app.training.pipeline import SUMMARY_FILE
+
+    summary = args.output / SUMMARY_FILE
+    final_done = args.skip_final or (summary.is_file() and summary.stat().st_mtime >= started)
+    if not final_done:
+        return f"the final fit did not finish, so {args.output} is as it was before this run; run it again"
+    if args.k_fold > 1:
+        return (
+            f"the final model is saved in {args.output}, with every finished cross-validation fold; to finish "
+            "the cross-validation, run the same command with --skip-final --resume"
+        )
+    return f"the final model is saved in {args.output}"
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -284,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValidationError as exc:  # a bad LONGDOC_* value or flag: one line each, not a traceback
             for error in exc.errors():
                 name = "LONGDOC_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
-                print(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+                message = error["msg"].removeprefix("Value error, ")
+                print(f"error: {name}: {message} (got {str(error.get('input'))!r})", file=sys.stderr)
             return 2
     raise AssertionError(args.command)
 

@@ -1,4 +1,5 @@
-"""App factory: `create_app(settings=None, *, engine=None)`; the lifespan owns model, batcher and drain.
+"""App factory: `create_app(settings=None, *, engine=None, load_in_background=False)`; the lifespan owns
+model, batcher and drain.
 
 `uvicorn --factory app.main:create_app` works; `longdoc serve` adds the SIGTERM drain (app.server).
 """
@@ -48,8 +49,9 @@ def create_app(
     The lifespan loads the model, starts the batcher and warms it up. By default the startup waits for all
     that (uvicorn opens the port afterwards, and a failed load fails the startup). With
     `load_in_background` (what `longdoc serve` does) the port opens at once: /health, /classify and /info
-    answer 503 "loading" and /health/live 200 until the model is ready, as a load balancer and an
-    orchestrator expect; `app.state.startup` is the task a supervisor watches for a failed load.
+    answer 503 `not_ready` ("the model is still loading") and /health/live 200 until the model is ready,
+    as a load balancer and an orchestrator expect; `app.state.startup` is the task a supervisor watches for
+    a failed load.
     """
     settings = settings or Settings()
     metrics = Metrics()

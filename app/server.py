@@ -5,11 +5,11 @@ accepted requests are still running. Here the first SIGTERM (or SIGINT) only mar
 /health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
 the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
 
-The model loads in the background: the port opens at once, /health and /classify answer 503 "loading"
-and /health/live 200 until it is ready. If the load fails, or the inference worker dies (a bug) or hangs
-(one forward pass past request_timeout_s), the process exits with status 1: no request can be served any
-more, and a supervisor that restarts exited processes (Docker's `restart:`, systemd) heals it; Kubernetes
-also sees `/health/live` fail.
+The model loads in the background: the port opens at once, /health and /classify answer 503 `not_ready`
+("the model is still loading") and /health/live 200 until it is ready. If the load fails or passes
+startup_timeout_s, or the inference worker dies (a bug) or hangs (one forward pass past
+request_timeout_s), the process exits with status 1: no request can be served any more, and a supervisor
+that restarts exited processes (Docker's `restart:`, systemd, the kubelet) heals it.
 """
 
 from __future__ import annotations

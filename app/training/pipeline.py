@@ -54,6 +54,7 @@ CV_PREDICTIONS_FILE = "cv_predictions.jsonl"
 CV_INT8_PREDICTIONS_FILE = "cv_predictions_int8.jsonl"
 CV_REPORT_FILE = "cv_report.json"
 SUMMARY_FILE = "training_summary.json"
+UNKNOWN_TOKEN_WARNING = 0.2  # share of [UNK] among the training tokens above which the run warns
 
 
 @dataclass
@@ -118,6 +119,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             Segmenter(tokenizer, config.max_length, stride)
         except ValueError as exc:
             raise DataError(f"--eval-strides {stride}: {exc}") from None
+    docs = encode_docs(segmenter, examples, label2id)
+    _warn_unknown_tokens(docs, tokenizer)
     _prepare_output(options)
     summary_path = options.output / SUMMARY_FILE
     command = shlex.join(["longdoc", *sys.argv[1:]])
@@ -130,7 +133,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         result = train_model(
             options.base_model,
             labels,
-            encode_docs(segmenter, examples, label2id),
+            docs,
             config,
             progress=options.progress,
             description="final",
@@ -453,6 +456,22 @@ def _save(model: Any, tokenizer: Any, output: Path, summary: dict[str, Any], kee
     for path in partial.iterdir():
         os.replace(path, output / path.name)
     partial.rmdir()
+
+
+def _warn_unknown_tokens(docs: Sequence[EncodedDoc], tokenizer: Any) -> None:
+    """Text the base's vocabulary cannot spell trains on [UNK]s: the run succeeds and learns nothing."""
+    unknown_id = tokenizer.unk_token_id
+    total = sum(sum(doc.token_counts) for doc in docs)
+    if unknown_id is None or not total:
+        return
+    unknown = sum(ids.count(unknown_id) for doc in docs for ids in doc.chunks)
+    if unknown / total > UNKNOWN_TOKEN_WARNING:
+        log.warning(
+            "%.0f%% of the training tokens are the tokenizer's unknown token %s: the base's vocabulary does not "
+            "cover this text (a tokenizer saved without its vocabulary?); the model would learn little",
+            100 * unknown / total,
+            tokenizer.unk_token,
+        )
 
 
 def label_order(labels: set[str]) -> list[str]:

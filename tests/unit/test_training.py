@@ -560,12 +560,21 @@ def test_a_refused_rerun_leaves_the_saved_model_and_its_card(
 def test_ctrl_c_says_how_to_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(options: Any) -> None:
+    def interrupted_in_the_final_fit(options: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("app.training.pipeline.run_pipeline", interrupted)
-    assert cli_main(["train", "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "m")]) == 130
-    assert "--skip-final --resume" in capsys.readouterr().err
+    def interrupted_in_the_folds(options: Any) -> None:
+        options.output.mkdir()
+        (options.output / "training_summary.json").write_text("{}", encoding="utf-8")
+        raise KeyboardInterrupt
+
+    args = ["train", "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "m"), "--k-fold", "5"]
+    monkeypatch.setattr("app.training.pipeline.run_pipeline", interrupted_in_the_final_fit)
+    assert cli_main(args) == 130
+    assert "the final fit did not finish" in capsys.readouterr().err
+    monkeypatch.setattr("app.training.pipeline.run_pipeline", interrupted_in_the_folds)
+    assert cli_main(args) == 130
+    assert "run the same command with --skip-final --resume" in capsys.readouterr().err
 
 
 def test_integer_class_ids_keep_their_numeric_order() -> None:
@@ -593,3 +602,14 @@ def test_a_copy_without_longdoc_json_still_builds_the_trained_network(tmp_path: 
     (output / "longdoc.json").write_text('{"stride": 16,', encoding="utf-8")
     with pytest.raises(ValueError, match=r"longdoc\.json is not valid JSON"):
         load_model(output, device="cpu")
+
+
+def test_text_the_vocabulary_cannot_spell_is_warned_about(
+    tmp_path: Path, tiny_base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    examples = [Example("\U0001f992 \U0001f993 " * 10 + "zebra", "a"), Example("\U0001f418 " * 20, "b")] * 3
+    data = _write_jsonl(tmp_path / "train.jsonl", examples)
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "m"), "--no-progress"]
+    with caplog.at_level(logging.WARNING):
+        assert cli_main([*args, "--max-length", "32", "--stride", "0", "--epochs", "1", "--docs-per-step", "2"]) == 0
+    assert "of the training tokens are the tokenizer's unknown token [UNK]" in caplog.text
