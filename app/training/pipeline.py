@@ -162,7 +162,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         _check_same_run(summary, config, data_sha256)
 
     if options.k_fold > 1:
-        report = _cross_validate(options, examples, labels, label2id, segmenter, tokenizer)
+        report = _cross_validate(options, examples, docs, labels, tokenizer)
         summary["serving"].update(report["chosen"])
         summary["cv_command"] = command
         write_json(options.output / "longdoc.json", summary["serving"])
@@ -306,12 +306,12 @@ def _accuracies(records: list[dict[str, Any]], stride: int) -> dict[str, float]:
 def _cross_validate(
     options: PipelineOptions,
     examples: Sequence[Example],
+    docs: Sequence[EncodedDoc],
     labels: list[str],
-    label2id: dict[str, int],
-    segmenter: Segmenter,
     tokenizer: Any,
 ) -> dict[str, Any]:
-    """k fold models with the same recipe, each scored only on its own held-out fold, at every eval stride."""
+    """k fold models with the same recipe, each scored only on its own held-out fold, at every eval stride.
+    `docs` are `examples` encoded with the recipe's window: each fold trains on its share of them."""
     config = options.config
     strides = sorted(set(options.eval_strides) | {config.stride})
     folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
@@ -326,13 +326,12 @@ def _cross_validate(
     for fold in range(options.k_fold):
         if fold in kept:
             continue
-        train_examples = [e for e, f in zip(examples, folds, strict=True) if f != fold]
         held_out_indices = [i for i, f in enumerate(folds) if f == fold]
         held_out = [examples[i] for i in held_out_indices]
         fold_records, fold_int8, seconds = _fit_and_predict(
             options,
             config,
-            encode_docs(segmenter, train_examples, label2id),
+            [d for d, f in zip(docs, folds, strict=True) if f != fold],
             held_out,
             labels,
             tokenizer,
@@ -367,10 +366,9 @@ def _cross_validate(
         report["seed_spread"] = _seed_spread(
             options,
             examples,
+            docs,
             folds,
             labels,
-            label2id,
-            segmenter,
             tokenizer,
             [r for r in records if r["fold"] == 0],
             [r for r in int8_records if r["fold"] == 0],
@@ -383,10 +381,9 @@ def _cross_validate(
 def _seed_spread(
     options: PipelineOptions,
     examples: Sequence[Example],
+    docs: Sequence[EncodedDoc],
     folds: Sequence[int],
     labels: list[str],
-    label2id: dict[str, int],
-    segmenter: Segmenter,
     tokenizer: Any,
     fold_records: list[dict[str, Any]],
     fold_int8_records: list[dict[str, Any]],
@@ -394,14 +391,13 @@ def _seed_spread(
     """Fold 1 retrained with further seeds: how much the recipe's result depends on the seed (and, with
     `eval_int8`, what int8 costs on each of these held-out runs)."""
     config = options.config
-    train_examples = [e for e, f in zip(examples, folds, strict=True) if f != 0]
     held_out_indices = [i for i, f in enumerate(folds) if f == 0]
     held_out = [examples[i] for i in held_out_indices]
     runs: dict[str, Any] = {str(config.seed): _accuracies(fold_records, config.stride)}
     int8_runs: dict[str, Any] = {}
     if fold_int8_records:
         int8_runs[str(config.seed)] = _accuracies(fold_int8_records, config.stride)
-    train_docs = encode_docs(segmenter, train_examples, label2id)
+    train_docs = [d for d, f in zip(docs, folds, strict=True) if f != 0]
     for seed in range(config.seed + 1, config.seed + options.seed_spread):
         seeded = TrainConfig(**{**config.as_dict(), "seed": seed, "aggregation": config.aggregation})
         records, int8_records, _ = _fit_and_predict(
