@@ -86,5 +86,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM drains: /health turns 503 at once, accepted requests finish (up to LONGDOC_DRAIN_TIMEOUT_S), then
 # the process exits; give `docker stop` / compose's stop_grace_period at least that long.
 STOPSIGNAL SIGTERM
-# Exec form: the service is PID 1 and receives SIGTERM itself. One worker per container (see the top).
+# Exec form: the service is PID 1 and receives SIGTERM itself; it handles SIGTERM from its first moment (PID 1
+# has no default action), so a stop during start-up exits at once. One worker per container (see the top).
 CMD ["longdoc", "serve"]

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from app.errors import ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
+from app.errors import BadRequest, ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
 from app.schemas import (
     ClassifyBatchResult,
     ClassifyRequest,
@@ -89,13 +89,32 @@ def require_api_key_for_metrics(request: Request, settings: Annotated[Settings, 
 
 
 def require_json(request: Request) -> None:
-    """415 for a declared content type that is not JSON (a missing one is read as JSON)."""
+    """415 for a declared content type that is not JSON (a missing one is read as JSON), or for a charset
+    other than UTF-8, the only encoding JSON has (RFC 8259) and the one the body is decoded with."""
     content_type = request.headers.get("content-type")
     if content_type is None:
         return
-    media = content_type.split(";", 1)[0].strip().lower()
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"content type {media!r} is not supported; send application/json")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in {"utf-8", "utf8"}:
+            raise UnsupportedMediaType(f"charset {charset!r} is not supported; send the JSON as UTF-8")
+
+
+async def require_utf8(request: Request) -> None:
+    """400 naming the first bad byte; else FastAPI answers 'There was an error parsing the body', or reads
+    the UTF-8 form of a surrogate (ED A0 80) as the character. The body is read once: FastAPI reuses it."""
+    body = await request.body()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid UTF-8: byte 0x{body[exc.start]:02X} at offset {exc.start} ({exc.reason})"
+        ) from None
 
 
 ServiceDep = Annotated[ClassifierService, Depends(get_service)]
@@ -114,6 +133,7 @@ class GuardedRoute(APIRoute):
         async def route(request: Request) -> Response:
             require_api_key(request, get_settings(request))
             require_json(request)
+            await require_utf8(request)
             return await handler(request)
 
         return route
@@ -139,9 +159,17 @@ async def _wait_disconnect(request: Request) -> None:
 async def classify(
     body: ClassifyRequest, request: Request, service: ServiceDep
 ) -> ClassifyResult | ClassifyBatchResult:
+    return await classify_until_disconnect(body, request, service)
+
+
+async def classify_until_disconnect(
+    body: ClassifyRequest, request: Request, service: ClassifierService, names: list[str] | None = None
+) -> ClassifyResult | ClassifyBatchResult:
+    """The classification, abandoned (its chunks withdrawn) when the client disconnects; `names` are how
+    errors call the texts (the compatible routes' `inputs`)."""
     stats = RequestStats()
     request.state.stats = stats
-    work = asyncio.ensure_future(service.classify(body, request.state.received_at, stats))
+    work = asyncio.ensure_future(service.classify(body, request.state.received_at, stats, names))
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
     try:
         await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,6 +188,7 @@ async def classify(
     responses=error_responses(503),
     summary="Ready: model loaded, warmed up, batcher running, not draining",
 )
+@router.head("/health", include_in_schema=False)  # load balancers and uptime checks often probe with HEAD
 async def health(request: Request) -> HealthResponse:
     service: ClassifierService | None = request.app.state.service
     if service is None:
@@ -184,6 +213,7 @@ async def health(request: Request) -> HealthResponse:
     responses=error_responses(503),
     summary="Live: the process answers HTTP and its inference worker has not died (else restart it)",
 )
+@router.head("/health/live", include_in_schema=False)
 async def live(request: Request) -> dict[str, str]:
     """200 while loading and draining too; 503 only for a dead or hung worker, which only a restart heals."""
     service: ClassifierService | None = request.app.state.service

@@ -154,7 +154,8 @@ class Batcher:
         """Refuse new work, let queued and running chunks finish (up to timeout_s), fail what is left."""
         self._closed = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wait_idle(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wait_idle()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -244,7 +245,8 @@ class Batcher:
                 break
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 break
         return self._take()

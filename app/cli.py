@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -273,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm_until_serving() -> None:
+    """In a container `longdoc serve` is PID 1, and the kernel drops a signal PID 1 has no handler for:
+    during the seconds of imports before uvicorn installs its draining handlers, `docker stop` would wait
+    its whole grace period. Nothing is accepted yet then, so SIGTERM simply exits (128 + 15)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -288,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "serve":
+        _exit_on_sigterm_until_serving()
         from pydantic import ValidationError
 
         from app.server import serve

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import GuardedRoute, ServiceDep, classify, error_responses
+from app.api import GuardedRoute, ServiceDep, classify_until_disconnect, error_responses
 from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, validation_message
 from app.schemas import ClassifyBatchResult, ClassifyRequest, ClassifyResult
 from app.service import ClassifierService
@@ -115,10 +115,11 @@ _PAIR_MESSAGE = (
 )
 
 
-def tei_texts(inputs: str | list[str] | list[list[str]]) -> tuple[list[str], bool]:
-    """The texts of a TEI `inputs` value and whether it was a batch (a batch answers one list per input)."""
+def tei_texts(inputs: str | list[str] | list[list[str]]) -> tuple[list[str], list[str], bool]:
+    """The texts of a TEI `inputs` value, how errors name them, and whether it was a batch (a batch answers
+    one list per input)."""
     if isinstance(inputs, str):
-        return [inputs], False
+        return [inputs], ["inputs"], False
     if not inputs:
         raise InvalidInput("inputs must not be empty")
     if all(isinstance(item, str) for item in inputs):
@@ -126,7 +127,7 @@ def tei_texts(inputs: str | list[str] | list[list[str]]) -> tuple[list[str], boo
             raise InvalidInput(_PAIR_MESSAGE)
         if len(inputs) != 1:
             raise InvalidInput(f'inputs is a list of {len(inputs)} strings; a batch is [["a"], ["b"], ...]')
-        return [str(inputs[0])], False
+        return [str(inputs[0])], ["inputs[0]"], False
     texts = []
     for index, sequence in enumerate(inputs):
         if len(sequence) == 2:
@@ -134,12 +135,14 @@ def tei_texts(inputs: str | list[str] | list[list[str]]) -> tuple[list[str], boo
         if len(sequence) != 1:
             raise InvalidInput(f"inputs[{index}] must hold exactly one string, not {len(sequence)}")
         texts.append(str(sequence[0]))
-    return texts, True
+    return texts, [f"inputs[{index}][0]" for index in range(len(texts))], True
 
 
-async def _classify_texts(texts: list[str], request: Request, service: ClassifierService) -> list[ClassifyResult]:
+async def _classify_texts(
+    texts: list[str], names: list[str], request: Request, service: ClassifierService
+) -> list[ClassifyResult]:
     body = ClassifyRequest(text=texts[0]) if len(texts) == 1 else ClassifyRequest(texts=texts)
-    result = await classify(body, request, service)
+    result = await classify_until_disconnect(body, request, service, names)
     return result.results if isinstance(result, ClassifyBatchResult) else [result]
 
 
@@ -202,10 +205,11 @@ router = APIRouter(
 async def predict(
     body: TeiPredictRequest, request: Request, service: ServiceDep
 ) -> list[Prediction] | list[list[Prediction]]:
-    texts, batch = tei_texts(body.inputs)
+    texts, names, batch = tei_texts(body.inputs)
     multi = service.engine.multi_label
     function: FunctionToApply | None = "none" if body.raw_scores else None
-    answers = [apply_function(result, multi, function) for result in await _classify_texts(texts, request, service)]
+    results = await _classify_texts(texts, names, request, service)
+    answers = [apply_function(result, multi, function) for result in results]
     return answers if batch else answers[0]
 
 
@@ -217,10 +221,13 @@ async def predict(
 async def text_classification(
     body: TextClassificationRequest, request: Request, service: ServiceDep
 ) -> list[list[Prediction]]:
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    if isinstance(body.inputs, str):
+        texts, names = [body.inputs], ["inputs"]
+    else:
+        texts, names = body.inputs, [f"inputs[{index}]" for index in range(len(body.inputs))]
     if not texts:
         raise InvalidInput("inputs must not be empty")
     parameters = body.parameters or TextClassificationParameters()
     multi = service.engine.multi_label
-    results = await _classify_texts(texts, request, service)
+    results = await _classify_texts(texts, names, request, service)
     return [apply_function(result, multi, parameters.function_to_apply)[: parameters.top_k] for result in results]

@@ -36,6 +36,7 @@ router = APIRouter(include_in_schema=False, route_class=DemoRoute)
 
 
 @router.get("/")
+@router.head("/")  # uptime checks often probe with HEAD
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 

@@ -103,7 +103,10 @@ def create_app(
     app.include_router(classify_router)
     app.include_router(demo.router)  # before compat: HEAD / (an uptime check) is the page's, not POST /'s
     app.include_router(compat.router)
-    if settings.cors_origins:
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, in_flight=in_flight
+    )
+    if settings.cors_origins:  # outermost (added last): the context middleware's own 413 and 500 carry CORS too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -111,9 +114,6 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, in_flight=in_flight
-    )
     return app
 
 
@@ -123,7 +123,8 @@ async def _startup(
     """_start under startup_timeout_s (a load from a stalled disk or a wedged warm-up pass must end in a
     restart, not an unready process forever); a failure is logged here, once, whoever notices it later."""
     try:
-        await asyncio.wait_for(_start(app, settings, engine, metrics, started), settings.startup_timeout_s)
+        async with asyncio.timeout(settings.startup_timeout_s):
+            await _start(app, settings, engine, metrics, started)
     except TimeoutError:
         log.critical(
             "the model did not load and warm up within startup_timeout_s %g; start-up failed",

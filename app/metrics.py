@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DOC_TOKEN_BUCKETS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536, 262144, 1048576, 4194304)
 CHUNK_BUCKETS = (1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 512, 2048, 8192)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+# Label sets that exist at 0 from the start. A counter series born at its first event starts at 1, and
+# rate()/increase() cannot see that first step: a replica's first 500 or 504 would be invisible to the
+# error alerts and panels. (Other label values, e.g. a 404's, still appear on first use.)
+CLASSIFY_ENDPOINTS = ("/classify", "/predict", "/")
+CLASSIFY_STATUSES = ("200", "400", "401", "413", "415", "422", "429", "500", "503", "504")
+REJECTION_REASONS = (
+    "unauthorized",
+    "payload_too_large",
+    "body_too_large",
+    "too_many_chunks",
+    "queue_full",
+    "no_room",
+    "not_ready",
+    "draining",
+    "deadline_exceeded",
+)
 
 
 class Metrics:
@@ -56,6 +73,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason=reason)
+        for endpoint in CLASSIFY_ENDPOINTS:
+            for status in CLASSIFY_STATUSES:
+                self.requests.labels(endpoint=endpoint, status=status)
         self.ready = Gauge(
             "longdoc_ready",
             "1 while the replica takes work: model loaded and warmed up, inference worker running, not draining.",

@@ -74,11 +74,12 @@ class Segmenter:
 
     def segment(self, text: str, max_chunks: int | None = None) -> Segmented:
         """Tokenize once and cut into windows; `max_chunks` keeps only the first windows (caller's cap)."""
-        encoding = self._backend.encode(text, add_special_tokens=False)
-        return self._cut(text, encoding.ids, encoding.offsets, max_chunks)
+        return self.segment_many([text], max_chunks)[0]
 
     def segment_many(self, texts: list[str], max_chunks: int | None = None) -> list[Segmented]:
-        """Batch tokenization (parallel in the Rust tokenizer) for training and evaluation."""
+        """Batch tokenization, parallel in the Rust tokenizer. Even for one text this is the path to take:
+        `Tokenizer.encode` holds the GIL for the whole call (seconds for a long text, every other thread
+        and the event loop stalled), `encode_batch` releases it."""
         encodings = self._backend.encode_batch(texts, add_special_tokens=False)
         return [self._cut(t, e.ids, e.offsets, max_chunks) for t, e in zip(texts, encodings, strict=True)]
 

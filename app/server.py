@@ -94,7 +94,8 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         in_flight = self._app.state.in_flight
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(in_flight.idle.wait(), self._drain_timeout_s)
+            async with asyncio.timeout(self._drain_timeout_s):
+                await in_flight.idle.wait()
         log.info("drain finished with %d request(s) in flight; stopping", in_flight.count)
         self.should_exit = True
 

@@ -84,10 +84,13 @@ class ClassifierService:
         self.warmed_up = True
 
     async def classify(
-        self, request: ClassifyRequest, received_at: float, stats: RequestStats
+        self, request: ClassifyRequest, received_at: float, stats: RequestStats, names: Sequence[str] | None = None
     ) -> ClassifyResult | ClassifyBatchResult:
+        """`names` say how errors call each text, as the client's body did (default `text` / `texts[i]`)."""
         texts = [request.text] if request.text is not None else list(request.texts or [])
-        self._check_limits(texts, single=request.text is not None)
+        if names is None:
+            names = ["text"] if request.text is not None else [f"texts[{index}]" for index in range(len(texts))]
+        self._check_limits(texts, names)
         if self.batcher.pending >= self.batcher.max_queue_chunks:  # before any work
             raise Overloaded(
                 f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
@@ -95,10 +98,9 @@ class ClassifierService:
             )
         deadline = received_at + self.settings.request_timeout_s
         segmented = await self._segment(texts, request.max_chunks, deadline)
-        for index, seg in enumerate(segmented):
+        for name, seg in zip(names, segmented, strict=True):
             if not seg.chunks:
-                where = _where(request.text is not None, index)
-                raise InvalidInput(f"{where} has no tokens for this model's tokenizer")
+                raise InvalidInput(f"{name} has no tokens for this model's tokenizer")
         flat = [chunk.input_ids for seg in segmented for chunk in seg.chunks]
         stats.chunks, stats.tokens = len(flat), sum(s.num_tokens for s in segmented)
         ticket = self.batcher.submit(flat)
@@ -106,7 +108,8 @@ class ClassifierService:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise TimeoutError
-            rows = await asyncio.wait_for(ticket.results(), remaining)
+            async with asyncio.timeout(remaining):
+                rows = await ticket.results()
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"request_timeout_s {self.settings.request_timeout_s:g} passed before all {len(flat)} "
@@ -127,12 +130,11 @@ class ClassifierService:
             return results[0]
         return ClassifyBatchResult(results=results, model=self.engine.name)
 
-    def _check_limits(self, texts: Sequence[str], single: bool) -> None:
+    def _check_limits(self, texts: Sequence[str], names: Sequence[str]) -> None:
         limit = self.settings.max_texts_per_request
         if len(texts) > limit:
             raise PayloadTooLarge(f"{len(texts)} texts exceed max_texts_per_request {limit}")
-        for index, text in enumerate(texts):
-            where = _where(single, index)
+        for where, text in zip(names, texts, strict=True):
             if len(text) > self.settings.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where} has {len(text)} characters, over max_document_chars {self.settings.max_document_chars}"
@@ -149,13 +151,14 @@ class ClassifierService:
 
     async def _segment(self, texts: list[str], max_chunks: int | None, deadline: float) -> list[Segmented]:
         """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop, and
-        under the request's deadline (a thread cannot be stopped: it finishes and its result is dropped)."""
-        if len(texts) == 1:
-            work = asyncio.to_thread(lambda: [self.segmenter.segment(texts[0], max_chunks)])
-        else:
-            work = asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
+        under the request's deadline (a thread cannot be stopped: it finishes and its result is dropped).
+
+        asyncio.timeout, not wait_for, here and below: Python 3.11's wait_for drops a cancellation that
+        lands in the loop step where the work finishes (CPython gh-86296), and the request of a client that
+        just left would go on to queue all its chunks."""
         try:
-            return await asyncio.wait_for(work, max(0.0, deadline - time.perf_counter()))
+            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                return await asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
@@ -232,8 +235,3 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
             break
         cut = cluster.end()
     return text[:cut] if cut else text[:limit]  # one cluster longer than the limit (stacked marks): cut it
-
-
-def _where(single: bool, index: int) -> str:
-    """How an error names a text: as the client sent it, `text` or `texts[i]`."""
-    return "text" if single else f"texts[{index}]"

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if args.files.count("-") > 1:
         print("error: '-' (standard input) may be given once", file=sys.stderr)
         return 2
-    rows = asyncio.run(_classify_all(args))
-    if not args.json:
-        print(format_table(rows))
+    try:
+        rows = asyncio.run(_classify_all(args))
+        if not args.json:
+            print(format_table(rows))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `longdoc classify ... | head`: the reader left; stop quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail too
+        return 128 + signal.SIGPIPE
     return 1 if any(isinstance(outcome, Exception) for _, outcome in rows) else 0

@@ -74,7 +74,11 @@ def test_probes_readiness_health_liveness_live() -> None:
     assert main["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
     startup = main["startupProbe"]
     assert startup["httpGet"] == {"path": "/health", "port": "http"}, "live is 200 while loading: it bounds nothing"
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "room to load and warm up the model"
+    startup_window_s = startup["periodSeconds"] * startup["failureThreshold"]
+    assert startup_window_s >= 120, "room to load and warm up the model"
+    env = {e["name"]: e["value"] for e in main.get("env", [])}
+    timeout = float(env.get("LONGDOC_STARTUP_TIMEOUT_S", Settings.model_fields["startup_timeout_s"].default))
+    assert timeout < startup_window_s, "the service gives up (and logs why) before the kubelet kills it"
     assert main["resources"]["requests"] and main["resources"]["limits"]
 
 

@@ -57,6 +57,7 @@ def test_required_alerts_exist() -> None:
     rules = {r["alert"]: r for group in load_yaml(ALERTS_YML)["groups"] for r in group["rules"] if "alert" in r}
     required = {
         "LongdocReplicaDown": "up",
+        "LongdocNoReplicaReady": "longdoc_ready",
         "LongdocHighErrorRate": "longdoc_requests_total",
         "LongdocOverloaded": 'status="429"',
         "LongdocQueueSaturated": "longdoc_queue_depth",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,14 @@ def test_longdoc_classify_command(service_url: str, tmp_path: Path) -> None:
     assert [r["file"] for r in records] == names[:2]
     assert records[0]["label"] == first["label"] and len(records[0]["chunks"]) == first["num_chunks"]
     assert records[0]["top_chunks"][0]["excerpt"]
+
+    # `longdoc classify ... | head`: the reader is gone before the first line; no traceback, SIGPIPE's status
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run(
+            [*base, "--json", *names[:2]], cwd=REPO, env=env, stdout=write_end, stderr=subprocess.PIPE, timeout=300
+        )
+    finally:
+        os.close(write_end)
+    assert closed.returncode == 128 + signal.SIGPIPE and b"Traceback" not in closed.stderr, closed.stderr.decode()

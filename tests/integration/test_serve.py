@@ -116,3 +116,28 @@ def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
             thread.join(600)
         assert process.wait(60) == 0
     assert results == [200] * len(texts)
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler installed for `sig` (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_sigterm_during_the_imports_exits_at_once(tmp_path: Path) -> None:
+    """In a container `longdoc serve` is PID 1, and the kernel drops signals PID 1 does not handle: SIGTERM
+    must be handled from the first moment (the imports take seconds before uvicorn installs its handlers),
+    or `docker stop` right after a start waits out its whole grace period."""
+    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(free_port())]
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=service_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(process.pid, signal.SIGTERM) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 128 + signal.SIGTERM  # not the drain's 0: no server was running yet
+    finally:
+        stop(process)

@@ -26,6 +26,7 @@ import yaml
 
 from tests.conftest import DEFAULT_MODEL, long_text
 from tests.deploy.render import (
+    DASHBOARD,
     NGINX_CONF,
     SERVICE_JOB,
     nginx_command,
@@ -150,6 +151,8 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
         public_metrics = httpx.get(f"{lb}/metrics", timeout=5)  # scraped per replica, never via the balancer
         assert public_metrics.status_code == 404 and "longdoc_" not in public_metrics.text
         assert public_metrics.json()["error"]["type"] == "not_found"
+        redirect = httpx.get(f"{lb}/health/", timeout=5)  # the app's trailing-slash redirect keeps the port
+        assert redirect.status_code == 307 and redirect.headers["location"] == f"{lb}/health", redirect.headers
 
         prometheus_yml = tmp_path / "prometheus.yml"
         prometheus_yml.write_text(yaml.safe_dump(render_prometheus(targets=[victim, survivor], interval="1s")))
@@ -228,3 +231,12 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
             )
 
         wait_for("LongdocReplicaDown for the victim", replica_down_alert, 30, prom)
+
+        # --- every dashboard query runs on these live series; each stat panel shows a value, not "No data"
+        dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$instance", ".*").replace("$__rate_interval", "1m")
+                result = prometheus.query(expr)
+                if panel["type"] == "stat":
+                    assert result, f"stat panel {panel['title']!r} shows no data under traffic: {expr}"

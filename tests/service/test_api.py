@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.errors import REJECTION_STATUSES, LongdocError, Overloaded
 from app.segmenter import expected_chunk_count
 from tests.conftest import FakeEngine, build_tiny_bert, long_text
 from tests.service.conftest import ClientFactory
@@ -70,6 +71,16 @@ async def test_health_info_and_request_id(client_factory: ClientFactory) -> None
         assert echoed.headers["x-request-id"] == "abc-123"
         assert len(health.headers["x-request-id"]) == 32
         assert metric_value((await client.get("/metrics")).text, "longdoc_ready") == 1
+
+
+async def test_probes_and_the_page_answer_head(client_factory: ClientFactory) -> None:
+    """Load balancers and uptime checks often probe with HEAD: it must get GET's status, not 405."""
+    async with client_factory() as client:
+        for path in ("/health", "/health/live", "/"):
+            response = await client.head(path)
+            assert response.status_code == 200, (path, response.text)
+        assert (await client.head("/")).headers["content-type"].startswith("text/html")
+        assert (await client.head("/classify")).status_code == 405
 
 
 class GpuFakeEngine(FakeEngine):
@@ -190,12 +201,16 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
     assert len(fake_engine.calls) == batches
 
 
+LATIN_1 = {"content-type": "application/json; charset=latin-1"}
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "error_type", "fragment"),
     [
         (b'{"text": "unterminated', {}, 400, "bad_request", "not valid JSON"),
         (b"", {}, 400, "bad_request", "body is empty"),
-        (b'{"text": "\xff\xfe bad utf-8"}', {}, 400, "bad_request", ""),
+        (b'{"text": "\xff\xfe bad utf-8"}', {}, 400, "bad_request", "not valid UTF-8: byte 0xFF at offset 10"),
+        (b'{"text": "ab\xed\xa0\x80"}', {}, 400, "bad_request", "not valid UTF-8: byte 0xED at offset 12"),
         (b'{"text": ""}', {}, 422, "invalid_input", "empty"),
         (b'{"text": " \\n\\t "}', {}, 422, "invalid_input", "whitespace"),
         (b'{"text": "\\u0000\\u0001\\u0002"}', {}, 422, "invalid_input", "no tokens"),
@@ -214,6 +229,7 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
         (b'{"text": "ab\\ud800cd"}', {}, 400, "bad_request", "lone surrogate U+D800 at character 2"),
         (b'{"texts": ["ok", "x\\udfff"]}', {}, 400, "bad_request", "texts[1] is not valid Unicode"),
         (b'{"text": "a"}', {"content-type": "text/plain"}, 415, "unsupported_media_type", "text/plain"),
+        (b'{"text": "a"}', LATIN_1, 415, "unsupported_media_type", "charset 'latin-1' is not supported"),
     ],
 )
 async def test_bad_input_is_a_clear_4xx(
@@ -488,3 +504,24 @@ async def test_cors_is_off_by_default_and_on_for_listed_origins(
         assert response.headers["access-control-allow-origin"] == "https://app.example"
         other = await client.options("/classify", headers={**preflight, "Origin": "https://evil.example"})
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+    # A browser can read an error only with the CORS header, the body-limit 413 sent before routing included.
+    async with client_factory(
+        engine=FakeEngine(fake_engine.tokenizer), cors_origins=["https://app.example"], max_body_bytes=1000
+    ) as client:
+        too_large = await client.post("/classify", json={"text": "x" * 2000}, headers={"Origin": "https://app.example"})
+        assert too_large.status_code == 413
+        assert too_large.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_error_series_exist_at_zero_before_the_first_error(client_factory: ClientFactory) -> None:
+    """rate() and increase() see a counter's first event only if its series was already there at 0: a
+    replica's first 500 or 504 must reach the error alerts and panels."""
+    async with client_factory() as client:
+        text = (await client.get("/metrics")).text
+    for endpoint in ("/classify", "/predict", "/"):
+        for status in ("200", "413", "429", "500", "503", "504"):
+            line = f'longdoc_requests_total{{endpoint="{endpoint}",status="{status}"}} 0.0'
+            assert line in text.splitlines(), line
+    reasons = {line.split('"')[1] for line in text.splitlines() if line.startswith("longdoc_rejected_total{")}
+    refusals = [c for c in LongdocError.__subclasses__() if c.status_code in REJECTION_STATUSES and c is not Overloaded]
+    assert {c.error_type for c in refusals} | {"body_too_large", "too_many_chunks", "no_room", "queue_full"} <= reasons

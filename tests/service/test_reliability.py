@@ -19,7 +19,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
+from app.schemas import ClassifyRequest
 from app.server import DrainingServer
+from app.service import RequestStats
 from app.settings import Settings
 from tests.conftest import FakeEngine
 from tests.service.conftest import ClientFactory
@@ -226,6 +228,33 @@ async def test_disconnected_client_frees_its_chunks(wordpiece_tokenizer: Any, ti
         sent = await asyncio.wait_for(blocker, 10)
         assert sent[0]["status"] == 200
     assert all(zebra not in chunk for call_ in engine.calls[calls_before:] for chunk in call_)
+
+
+async def test_a_cancel_landing_as_tokenization_ends_queues_nothing(
+    fake_engine: FakeEngine, tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client leaves in the very loop step where its text's tokenization finishes: the request must
+    still stop there. (Python 3.11's asyncio.wait_for returned the result instead, CPython gh-86296, and
+    every chunk of the departed client then ran on the model.)"""
+    app = create_app(Settings(model_dir=tiny_model_dir), engine=fake_engine)
+    async with LifespanManager(app):
+        service = app.state.service
+        text = "zebra " * 300
+        tokenized: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        seen_before = fake_engine.chunks_seen
+        with monkeypatch.context() as patch:
+            patch.setattr(asyncio, "to_thread", lambda *args, **kwargs: tokenized)
+            work = service.classify(ClassifyRequest(text=text), time.perf_counter(), RequestStats())
+            task = asyncio.create_task(work)
+            for _ in range(10):
+                await asyncio.sleep(0)  # the request is now waiting for its tokens
+            tokenized.set_result(service.segmenter.segment_many([text]))
+            task.cancel()  # same step: the client disconnected
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.2)
+        assert service.batcher.pending == 0
+        assert fake_engine.chunks_seen == seen_before
 
 
 async def test_health_turns_503_when_the_worker_dies(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:

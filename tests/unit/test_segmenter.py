@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import unicodedata
 from typing import Any
 
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.segmenter import Segmenter, end_over_marks, expected_chunk_count
+from tests.conftest import long_text
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=600) | st.lists(
     st.sampled_from(["the", "senate", "vote", "é", "🙂", "\n", "  ", "naïve", "שלום", "x" * 30]), max_size=300
@@ -119,3 +122,19 @@ def test_a_chunk_never_splits_a_decomposed_accent(wordpiece_tokenizer: Any) -> N
     seg = Segmenter(wordpiece_tokenizer, 5, 0).segment(text)
     spans = [text[c.start : c.end] for c in seg.chunks]
     assert spans == ["a a cafe\u0301", "b c"]
+
+
+def test_tokenizing_a_long_text_lets_other_threads_run(wordpiece_tokenizer: Any) -> None:
+    """The service tokenizes in a worker thread; a tokenizer call that held the GIL throughout would stall
+    the event loop (health probes, every other request) for as long as a long text takes."""
+    segmenter = Segmenter(wordpiece_tokenizer, 256, 0)
+    text = long_text(80_000)
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (segmenter.segment(text), finished.set()))
+    turns = 0
+    worker.start()
+    while not finished.is_set():
+        time.sleep(0.001)
+        turns += 1
+    worker.join()
+    assert turns >= 20, f"the main thread ran only {turns} times while {len(text)} characters were tokenized"
