@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from app.errors import BadRequest, ClientClosedRequest, Draining, NotReady, Unauthorized, UnsupportedMediaType
 from app.schemas import (
@@ -108,7 +109,10 @@ def require_json(request: Request) -> None:
 async def require_utf8(request: Request) -> None:
     """400 naming the first bad byte; else FastAPI answers 'There was an error parsing the body', or reads
     the UTF-8 form of a surrogate (ED A0 80) as the character. The body is read once: FastAPI reuses it."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # FastAPI would make this a 400; it is a departed client, not an error
+        raise ClientClosedRequest("the client disconnected while sending the body") from None
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -121,7 +125,7 @@ ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 
 
 class GuardedRoute(APIRoute):
-    """Checks the API key, then the content type, before FastAPI reads the body.
+    """Checks the API key, then the content type, then that the body is UTF-8, before FastAPI parses it.
 
     As dependencies these ran after the body was parsed, so a caller without the key got a 400 for a
     malformed body, which told it something about a route it may not use, after we had parsed its bytes.
@@ -182,13 +186,15 @@ async def classify_until_disconnect(
     raise ClientClosedRequest("the client disconnected before the answer was ready")
 
 
+# HEAD, as load balancers and uptime checks often probe with it. The HEAD routes are registered after
+# the GET ones (the upper decorator applies last), so a wrong method's 405 says `Allow: GET`.
+@router.head("/health", include_in_schema=False)
 @router.get(
     "/health",
     response_model=HealthResponse,
     responses=error_responses(503),
     summary="Ready: model loaded, warmed up, batcher running, not draining",
 )
-@router.head("/health", include_in_schema=False)  # load balancers and uptime checks often probe with HEAD
 async def health(request: Request) -> HealthResponse:
     service: ClassifierService | None = request.app.state.service
     if service is None:
@@ -208,12 +214,12 @@ async def health(request: Request) -> HealthResponse:
     return state
 
 
+@router.head("/health/live", include_in_schema=False)
 @router.get(
     "/health/live",
     responses=error_responses(503),
     summary="Live: the process answers HTTP and its inference worker has not died (else restart it)",
 )
-@router.head("/health/live", include_in_schema=False)
 async def live(request: Request) -> dict[str, str]:
     """200 while loading and draining too; 503 only for a dead or hung worker, which only a restart heals."""
     service: ClassifierService | None = request.app.state.service

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -274,11 +278,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_on_sigterm_until_serving() -> None:
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from app.server import serve
+
+    try:
+        return serve(host=args.host, port=args.port, model_dir=args.model_dir)
+    except ValidationError as exc:  # a bad LONGDOC_* value or flag: one line each, not a traceback
+        for error in exc.errors():
+            name = "LONGDOC_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"error: {name}: {message} (got {str(error.get('input'))!r})", file=sys.stderr)
+        return 2
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm_until_serving() -> Iterator[None]:
     """In a container `longdoc serve` is PID 1, and the kernel drops a signal PID 1 has no handler for:
     during the seconds of imports before uvicorn installs its draining handlers, `docker stop` would wait
-    its whole grace period. Nothing is accepted yet then, so SIGTERM simply exits (128 + 15)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    its whole grace period. Nothing is accepted yet then, so SIGTERM simply exits (128 + 15), at once:
+    os._exit, since interpreter exit would join worker threads (a model load, a hung forward pass)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+    try:
+        yield  # uvicorn installs its own handlers meanwhile and puts this one back when it stops
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,19 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "serve":
-        _exit_on_sigterm_until_serving()
-        from pydantic import ValidationError
-
-        from app.server import serve
-
-        try:
-            return serve(host=args.host, port=args.port, model_dir=args.model_dir)
-        except ValidationError as exc:  # a bad LONGDOC_* value or flag: one line each, not a traceback
-            for error in exc.errors():
-                name = "LONGDOC_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
-                message = error["msg"].removeprefix("Value error, ")
-                print(f"error: {name}: {message} (got {str(error.get('input'))!r})", file=sys.stderr)
-            return 2
+        with _exit_on_sigterm_until_serving():
+            return _serve(args)
     raise AssertionError(args.command)
 
 

@@ -81,6 +81,8 @@ async def test_probes_and_the_page_answer_head(client_factory: ClientFactory) ->
             assert response.status_code == 200, (path, response.text)
         assert (await client.head("/")).headers["content-type"].startswith("text/html")
         assert (await client.head("/classify")).status_code == 405
+        for path in ("/health", "/health/live", "/"):  # a wrong method names the one that works
+            assert (await client.delete(path)).headers["allow"] == "GET", path
 
 
 class GpuFakeEngine(FakeEngine):

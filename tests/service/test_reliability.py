@@ -230,6 +230,27 @@ async def test_disconnected_client_frees_its_chunks(wordpiece_tokenizer: Any, ti
     assert all(zebra not in chunk for call_ in engine.calls[calls_before:] for chunk in call_)
 
 
+async def test_a_client_leaving_mid_upload_is_a_499_not_an_error(fake_engine: FakeEngine, tiny_model_dir: Any) -> None:
+    """Half a body, then the connection closes: a departed client (499), never a 500 that feeds the error
+    alerts, nor a 400 blaming a body nobody finished sending."""
+    app = create_app(Settings(model_dir=tiny_model_dir), engine=fake_engine)
+    messages = iter([{"type": "http.request", "body": b'{"text": "half a bo', "more_body": True}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with LifespanManager(app) as manager:
+        await manager.app(classify_scope(), receive, send)
+        metrics = app.state.metrics.registry
+        assert metrics.get_sample_value("longdoc_requests_total", {"endpoint": "/classify", "status": "499"}) == 1
+        assert metrics.get_sample_value("longdoc_requests_total", {"endpoint": "/classify", "status": "500"}) == 0
+    assert sent[0]["status"] == 499
+
+
 async def test_a_cancel_landing_as_tokenization_ends_queues_nothing(
     fake_engine: FakeEngine, tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
