@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -175,6 +176,11 @@ async def _start(
     else:
         service.warmed_up = True
     service.draining = app.state.in_flight.draining  # a SIGTERM during the load: published as draining
+    # What start-up built (model, tokenizer, app: ~400k objects) lives as long as the process: out of the
+    # collector's reach, a full collection no longer walks it (~0.3 s during which the event loop and the
+    # forward thread both stop; 15-30 ms after the freeze, measured on the bundled model).
+    gc.collect()
+    gc.freeze()
     app.state.service = service
     log.info(
         "serving %s (revision %s) on %s/%s: max_length=%d stride=%d aggregation=%s",
