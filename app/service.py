@@ -156,18 +156,17 @@ class ClassifierService:
         asyncio.timeout, not wait_for, here and below: Python 3.11's wait_for drops a cancellation that
         lands in the loop step where the work finishes (CPython gh-86296), and the request of a client that
         just left would go on to queue all its chunks."""
-        too_late = DeadlineExceeded(
-            f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
-            f"{len(texts)} text(s) of {sum(map(len, texts))} characters"
-        )
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:  # before handing a thread work whose result would be dropped
-            raise too_late
         try:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:  # before handing a thread work whose result would be dropped
+                raise TimeoutError
             async with asyncio.timeout(remaining):
                 return await asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
         except TimeoutError as exc:
-            raise too_late from exc
+            raise DeadlineExceeded(
+                f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
+                f"{len(texts)} text(s) of {sum(map(len, texts))} characters"
+            ) from exc
 
     def _document_result(
         self,
