@@ -71,13 +71,14 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
     """When LONGDOC_API_KEY is set: `Authorization: Bearer <key>` or `X-API-Key: <key>` (constant time)."""
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
+    expected = settings.api_key.get_secret_value().encode()  # UTF-8, as clients send a non-ASCII key
     authorization = request.headers.get("authorization", "")
     bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     # Either header may carry it: huggingface_hub's InferenceClient sends the user's HF token as Bearer,
     # so a right X-API-Key must not lose to an unrelated Authorization header.
     candidates = [request.headers.get("x-api-key", ""), bearer]
-    if not any(hmac.compare_digest(given.encode(), expected) for given in candidates if given):
+    # Starlette decodes header bytes as Latin-1: encoding back gives the bytes the client sent.
+    if not any(hmac.compare_digest(given.encode("latin-1"), expected) for given in candidates if given):
         raise Unauthorized(
             "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
@@ -106,6 +107,14 @@ def require_json(request: Request) -> None:
             raise UnsupportedMediaType(f"charset {charset!r} is not supported; send the JSON as UTF-8")
 
 
+def require_plain_body(request: Request) -> None:
+    """415 for a compressed body (Content-Encoding): the body limit counts the bytes received, and a
+    decompressed body could be any size; without this a gzip body got a 400 about its first byte."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in {"", "identity"}:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+
+
 async def require_utf8(request: Request) -> None:
     """400 naming the first bad byte; else FastAPI answers 'There was an error parsing the body', or reads
     the UTF-8 form of a surrogate (ED A0 80) as the character. The body is read once: FastAPI reuses it."""
@@ -125,7 +134,8 @@ ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 
 
 class GuardedRoute(APIRoute):
-    """Checks the API key, then the content type, then that the body is UTF-8, before FastAPI parses it.
+    """Checks the API key, then the content type and encoding, then that the body is UTF-8, before FastAPI
+    parses it.
 
     As dependencies these ran after the body was parsed, so a caller without the key got a 400 for a
     malformed body, which told it something about a route it may not use, after we had parsed its bytes.
@@ -137,6 +147,7 @@ class GuardedRoute(APIRoute):
         async def route(request: Request) -> Response:
             require_api_key(request, get_settings(request))
             require_json(request)
+            require_plain_body(request)
             await require_utf8(request)
             return await handler(request)
 
@@ -256,6 +267,7 @@ async def info(request: Request, settings: Annotated[Settings, Depends(get_setti
         quantization=engine.quantization,
         num_threads=settings.num_threads,
         max_batch_tokens=service.batcher.max_batch_tokens,
+        max_padding_ratio=service.batcher.max_padding_ratio,
         max_batch_size=settings.max_batch_size,
         max_queue_chunks=settings.max_queue_chunks,
         max_document_chars=settings.max_document_chars,

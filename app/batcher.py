@@ -87,6 +87,7 @@ class Batcher:
         *,
         max_batch_tokens: int,
         max_batch_size: int,
+        max_padding_ratio: float = 1.0,
         max_wait_ms: float,
         max_queue_chunks: int,
         metrics: Metrics | None = None,
@@ -97,6 +98,7 @@ class Batcher:
         self.across_requests = across_requests
         self.aging_s = aging_s
         self.max_batch_tokens = max_batch_tokens
+        self.max_padding_ratio = max_padding_ratio
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_chunks = max_queue_chunks
@@ -264,10 +266,14 @@ class Batcher:
         """Fill one batch: requests in scheduling order, each contributing chunks until the budget is full.
 
         Order: fewest remaining chunks first, with aging (`scheduling_priority`); with batching off,
-        arrival order and one request per batch (the naive-server baseline).
+        arrival order and one request per batch (the naive-server baseline). A chunk that would pad the
+        pass past `max_padding_ratio` (every chunk is padded to the widest) stays queued, and so do the
+        rest of its request's chunks, to keep their order; later requests may still fill the pass. The
+        first chunk always goes, so the request that comes first in the order is never held back.
         """
         batch: list[_Item] = []
         widest = 0
+        real_tokens = 0
         now = time.perf_counter()
         if self.across_requests:
             order = sorted(self._queues, key=lambda k: scheduling_priority(self._queues[k], now, self.aging_s))
@@ -286,10 +292,13 @@ class Batcher:
                 if len(batch) >= self.max_batch_size or (batch and width * (len(batch) + 1) > self.max_batch_tokens):
                     full = True
                     break
+                if batch and 1 - (real_tokens + len(item.ids)) / (width * (len(batch) + 1)) > self.max_padding_ratio:
+                    break
                 queue.popleft()
                 self._queued -= 1
                 batch.append(item)
                 widest = width
+                real_tokens += len(item.ids)
             if not queue:
                 del self._queues[key]
             if full or (batch and not self.across_requests):

@@ -135,5 +135,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:
             request.app.state.metrics.rejected.labels(reason="body_too_large").inc()
         return JSONResponse(
-            error_body(error_type, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(error_type, http_error_message(exc, request.method, request.url.path)),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
+
+
+def http_error_message(exc: StarletteHTTPException, method: str, path: str) -> str:
+    """Starlette's and FastAPI's generic details, made to say what went wrong."""
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        hint = f"; did you mean {path.rstrip('/')}?" if len(path) > 1 and path.endswith("/") else ""
+        return f"no route {method} {path}{hint}"
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "There was an error parsing the body"
+        return f"request body is not valid JSON: {str(exc.__cause__)[:200]}"
+    return str(exc.detail)

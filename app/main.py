@@ -29,7 +29,7 @@ from app.middleware import InFlight, RequestContextMiddleware
 from app.model import Engine, load_model
 from app.segmenter import Segmenter
 from app.service import ClassifierService
-from app.settings import Settings, default_batch_tokens, resolve_serving
+from app.settings import Settings, default_batch_tokens, default_padding_ratio, resolve_serving
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +92,7 @@ def create_app(
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
         strict_content_type=False,  # a body without Content-Type is read as JSON; require_json refuses other types
+        redirect_slashes=False,  # POST /classify/: a JSON 404 naming /classify, not an empty 307 httpx won't follow
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -153,7 +154,12 @@ async def _start(
     segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
     batcher = Batcher(
         loaded.forward,
-        max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name),
+        max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name, loaded.quantization),
+        max_padding_ratio=(
+            settings.max_padding_ratio
+            if settings.max_padding_ratio is not None
+            else default_padding_ratio(loaded.device_name)
+        ),
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue_chunks=settings.max_queue_chunks,

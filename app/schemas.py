@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.aggregate import Aggregation
 
@@ -24,6 +34,12 @@ class ClassifyRequest(BaseModel):
     top_k_chunks: Annotated[StrictInt, Field(ge=0, le=100)] = Field(
         3, description="With return_chunks: how many most decisive chunks to list with excerpts."
     )
+
+    @field_validator("return_chunks", "top_k_chunks", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
+        """`null` means "not given", as it does for the other optional fields."""
+        return cls.model_fields[str(info.field_name)].default if value is None else value
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
@@ -109,6 +125,7 @@ class InfoResponse(BaseModel):
     quantization: str
     num_threads: int
     max_batch_tokens: int
+    max_padding_ratio: float
     max_batch_size: int
     max_queue_chunks: int
     max_document_chars: int

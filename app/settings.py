@@ -46,20 +46,34 @@ def available_cpus() -> int:
 
 
 GPU_BATCH_TOKENS = 16384
-CPU_BATCH_TOKENS = 256
+CPU_BATCH_TOKENS = 1024
+INT8_BATCH_TOKENS = 256
+CPU_MAX_PADDING_RATIO = 0.1
 
 
-def default_batch_tokens(device: str) -> int:
+def default_batch_tokens(device: str, quantization: str = "none") -> int:
     """The token budget when none is set, by device.
 
     On a GPU a pass over many windows costs little more than over one, so big batches raise throughput.
-    On a CPU the cost grows with the tokens: a pass of four windows runs about 22% faster per token than
-    one in the engine alone, but in the service a document's short last window is padded to its full ones,
-    and bigger passes bought no throughput while raising p50 (docs/benchmarks.md). Windows sharing a pass
-    all finish when the pass does, so a short document would wait behind a long pass. The CPU default is
-    one 256-token window per pass (the batcher always takes at least one window, whatever its length).
+    On a CPU the cost grows with the tokens, but a pass of four full windows still runs faster per token
+    than four passes of one (the engine's best budget on 2 cores is 1,024 tokens, docs/benchmarks.md), with
+    the padding cap (`default_padding_ratio`): without it a document's short last window was padded to
+    its full ones and the bigger passes bought nothing. An int8 engine runs its windows one by one
+    whatever the pass holds (`Engine.forward`), so a bigger pass would only make short documents wait.
     """
-    return GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
+    if device == "cuda":
+        return GPU_BATCH_TOKENS
+    return INT8_BATCH_TOKENS if quantization == "int8" else CPU_BATCH_TOKENS
+
+
+def default_padding_ratio(device: str) -> float:
+    """The most padding a pass may carry when none is set, by device.
+
+    On a CPU every padding token costs as much as a real one, so a window that would pad the pass past
+    10% waits for a pass of its own length (measured: 1.25x the throughput of one window per pass,
+    docs/benchmarks.md). On a GPU a wider pass costs little more; no cap, as measured before.
+    """
+    return 1.0 if device == "cuda" else CPU_MAX_PADDING_RATIO
 
 
 class Settings(BaseSettings):
@@ -81,24 +95,41 @@ class Settings(BaseSettings):
     aggregation: Aggregation | None = Field(None, description="Default chunk aggregation strategy.")
     threshold: float | None = Field(None, gt=0, lt=1, description="Multi-label decision threshold.")
     max_batch_tokens: int | None = Field(
-        None, ge=1, description="Token budget of one forward pass (padded); unset: 16384 on a GPU, 256 on a CPU."
+        None,
+        ge=1,
+        description="Token budget of one forward pass (padded); unset: 16384 on a GPU, 1024 on a CPU (256 with int8).",
+    )
+    max_padding_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Most padding share of a forward pass; a window that would exceed it waits for a pass of "
+        "similar length (the first window of a pass always runs). Unset: 0.1 on a CPU, 1 (no cap) on a GPU.",
     )
     max_batch_size: int = Field(64, ge=1, description="Most chunks in one forward pass.")
-    max_wait_ms: float = Field(5.0, ge=0, description="Longest wait for more chunks before a batch runs.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, allow_inf_nan=False, description="Longest wait for more chunks before a batch runs."
+    )
     batch_across_requests: bool = Field(
         True, description="Pack chunks of different requests into one forward pass (off: one request each)."
     )
     scheduler_aging_s: float = Field(
-        5.0, gt=0, description="A queued request counts half its size for every this many seconds it waited."
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A queued request counts half its size for every this many seconds it waited.",
     )
     max_queue_chunks: int = Field(16384, ge=1, description="Chunks queued or running before 429.")
     max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body in bytes.")
-    request_timeout_s: float = Field(600.0, gt=0, description="Deadline from arrival; then 504.")
-    drain_timeout_s: float = Field(630.0, gt=0, description="Longest drain after SIGTERM.")
+    request_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False, description="Deadline from arrival; then 504.")
+    drain_timeout_s: float = Field(630.0, gt=0, allow_inf_nan=False, description="Longest drain after SIGTERM.")
     startup_timeout_s: float = Field(
-        600.0, gt=0, description="Longest model load and warm-up; past it the start-up fails (exit status 1)."
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest model load and warm-up; past it the start-up fails (exit status 1).",
     )
     api_key: SecretStr | None = Field(None, description="When set, /classify requires this key.")
     auth_metrics: bool = Field(False, description="Also require the API key for /metrics and /info.")
@@ -117,6 +148,15 @@ class Settings(BaseSettings):
     def _model_dir_exists(cls, value: Path) -> Path:
         if not (value / "config.json").is_file():
             raise ValueError(f"model_dir {str(value)!r} is not a checkpoint directory (no config.json)")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key (an unset secret in a compose or Kubernetes file, say) could never match: every
+        /classify would get 401 while /health says ready. Refused here instead of serving nobody."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("api_key is empty: set a key, or unset LONGDOC_API_KEY to serve without one")
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -29,10 +29,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     (result_file,) = (tmp_path / "results").glob("bench-*.json")
     result = json.loads(result_file.read_text(encoding="utf-8"))
     assert [run["concurrency"] for run in result["service"]] == [1, 4]
-    for run in [*result["service"], result["batching_off"]]:
+    for run in [*result["service"], result["batching_off"], result["padding_cap_off"]]:
         assert run["tokens_per_s"] > 0 and run["p50_s"] <= run["p99_s"]
         assert run["ratio_to_ceiling"] == run["tokens_per_s"] / run["local_ceiling_tokens_per_s"]
-    assert result["service_budget"] == 256  # the CPU default
+    assert (result["service_budget"], result["service_padding_cap"]) == (1024, 0.1)  # the CPU defaults
     assert (result["device"], result["dtype"]) == ("cpu", "float32")
     assert result["ceiling_int8"]["tokens"] == result["ceiling"]["tokens"]  # same chunks on both sides
     assert set(result["profile"]) == {"fp32, 1 window per pass", "fp32, 2 windows per pass", "int8, 1 window per pass"}
@@ -44,6 +44,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     text = report.read_text(encoding="utf-8")
     assert "old table" not in text and text.endswith("notes kept across runs\n")
     assert "| service, concurrency 4 |" in text and "ms per window" in text
+    assert "| padding cap off (max_padding_ratio 1), concurrency 4 |" in text
     assert report.with_suffix(".png").stat().st_size > 0
 
 

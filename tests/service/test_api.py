@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import itertools
 import json
 import re
@@ -99,17 +100,29 @@ async def test_batch_budget_defaults_to_the_device(
 ) -> None:
     fake_engine.metadata = {"max_length": 128, "stride": 0, "aggregation": "mean_logits"}
     async with client_factory(engine=fake_engine) as client:
-        assert (await client.get("/info")).json()["max_batch_tokens"] == 256
+        info = (await client.get("/info")).json()
+        assert (info["max_batch_tokens"], info["max_padding_ratio"]) == (1024, 0.1)
         texts = [long_text(2000, seed=s) for s in range(4)]
         responses = await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
         assert all(r.status_code == 200 for r in responses)
-    # On a CPU no pass exceeds 256 padded tokens: two windows of 128.
-    assert max(len(call) * max(len(ids) for ids in call) for call in fake_engine.calls) <= 256
-    assert max(len(call) for call in fake_engine.calls) > 1  # still batched
+    # On a CPU no pass exceeds 1,024 padded tokens (eight windows of 128), nor pads past 10%: each
+    # document's short last window waits for a pass of short windows instead of being padded to 128.
+    shapes = [[len(ids) for ids in call] for call in fake_engine.calls]
+    assert max(len(call) * max(call) for call in shapes) <= 1024
+    assert max(1 - sum(call) / (len(call) * max(call)) for call in shapes) <= 0.1
+    assert max(len(call) for call in shapes) > 1  # still batched
+    assert sum(min(call) < 128 for call in shapes) >= 1  # the short last windows ran, among themselves
     async with client_factory(engine=GpuFakeEngine(wordpiece_tokenizer)) as client:
-        assert (await client.get("/info")).json()["max_batch_tokens"] == 16384
-    async with client_factory(engine=GpuFakeEngine(wordpiece_tokenizer), max_batch_tokens=4096) as client:
-        assert (await client.get("/info")).json()["max_batch_tokens"] == 4096
+        info = (await client.get("/info")).json()
+        assert (info["max_batch_tokens"], info["max_padding_ratio"]) == (16384, 1.0)
+    fake_engine.quantization = "int8"  # runs its windows one by one: a bigger pass only delays short texts
+    async with client_factory(engine=fake_engine) as client:
+        assert (await client.get("/info")).json()["max_batch_tokens"] == 256
+    async with client_factory(
+        engine=GpuFakeEngine(wordpiece_tokenizer), max_batch_tokens=4096, max_padding_ratio=0.25
+    ) as client:
+        info = (await client.get("/info")).json()
+        assert (info["max_batch_tokens"], info["max_padding_ratio"]) == (4096, 0.25)
 
 
 async def test_environment_overrides_model_metadata(client_factory: ClientFactory) -> None:
@@ -205,6 +218,7 @@ async def test_32_concurrent_requests_need_fewer_forward_passes_than_chunks(
 
 
 LATIN_1 = {"content-type": "application/json; charset=latin-1"}
+GZIP = {"content-encoding": "gzip"}
 
 
 @pytest.mark.parametrize(
@@ -233,6 +247,17 @@ LATIN_1 = {"content-type": "application/json; charset=latin-1"}
         (b'{"texts": ["ok", "x\\udfff"]}', {}, 400, "bad_request", "texts[1] is not valid Unicode"),
         (b'{"text": "a"}', {"content-type": "text/plain"}, 415, "unsupported_media_type", "text/plain"),
         (b'{"text": "a"}', LATIN_1, 415, "unsupported_media_type", "charset 'latin-1' is not supported"),
+        pytest.param(
+            gzip.compress(b'{"text": "a"}'), GZIP, 415, "unsupported_media_type", "Content-Encoding 'gzip'", id="gzip"
+        ),
+        (b'{"text": 1' + b"0" * 5000 + b"}", {}, 400, "bad_request", "not valid JSON: Exceeds the limit (4300 digits)"),
+        (
+            b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            {},
+            400,
+            "bad_request",
+            "not valid JSON: maximum recursion",
+        ),
     ],
 )
 async def test_bad_input_is_a_clear_4xx(
@@ -296,6 +321,16 @@ async def test_body_without_content_type_is_read_as_json(
         assert response.status_code == 200, response.text
 
 
+async def test_null_optional_fields_mean_their_defaults(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
+    nulls = {"aggregation": None, "max_chunks": None, "return_chunks": None, "top_k_chunks": None}
+    async with client_factory(engine=fake_engine) as client:
+        response = await client.post("/classify", json={"text": "some text", **nulls})
+        plain = await client.post("/classify", json={"text": "some text"})
+    assert response.status_code == 200, response.text
+    assert response.json() == plain.json()
+    assert response.json()["chunks"] is None  # return_chunks: null is false
+
+
 async def test_a_bug_answers_500_with_the_request_id(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
     async def broken() -> None:
         raise RuntimeError("a bug")
@@ -314,8 +349,11 @@ async def test_unknown_route_and_method_use_the_error_body(
     client_factory: ClientFactory, fake_engine: FakeEngine
 ) -> None:
     async with client_factory(engine=fake_engine) as client:
-        assert_error(await client.get("/nope"), 404, "not_found")
+        assert_error(await client.get("/nope"), 404, "not_found", "no route GET /nope")
         assert_error(await client.get("/classify"), 405, "method_not_allowed")
+        # a trailing slash: a JSON 404 that names the route, not an empty 307 most clients don't follow
+        slash = await client.post("/classify/", json={"text": "a"})
+        assert_error(slash, 404, "not_found", "no route POST /classify/; did you mean /classify?")
 
 
 async def test_metrics_exposes_every_documented_metric(client_factory: ClientFactory) -> None:
@@ -364,6 +402,13 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
             assert_error(refused, 401, "unauthorized")
         malformed = await client.post("/classify", content=b'{"text": "unterminated', headers={"X-API-Key": "s3cret"})
         assert_error(malformed, 400, "bad_request", "not valid JSON")
+    async with client_factory(engine=fake_engine, api_key="clé-ü") as client:  # sent as UTF-8 bytes, as curl does
+        utf8 = {"X-API-Key": "clé-ü".encode()}
+        assert (await client.post("/classify", json={"text": "a"}, headers=utf8)).status_code == 200
+        bearer = {"Authorization": b"Bearer " + "clé-ü".encode()}
+        assert (await client.post("/classify", json={"text": "a"}, headers=bearer)).status_code == 200
+        latin1 = {"X-API-Key": "clé-ü".encode("latin-1")}
+        assert_error(await client.post("/classify", json={"text": "a"}, headers=latin1), 401, "unauthorized")
 
 
 async def test_failing_batch_fails_only_its_request(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
@@ -472,6 +517,13 @@ def test_invalid_settings_name_the_value(tiny_model_dir: Path, tmp_path: Path) -
         Settings(model_dir=tmp_path)
     with pytest.raises(ValidationError, match="max_batch_tokens"):
         Settings(model_dir=tiny_model_dir, max_batch_tokens=0)
+    with pytest.raises(ValidationError, match=r"max_padding_ratio\n  Input should be less than or equal to 1"):
+        Settings(model_dir=tiny_model_dir, max_padding_ratio=1.5)
+    with pytest.raises(ValidationError, match=r"api_key is empty: set a key, or unset LONGDOC_API_KEY"):
+        Settings(model_dir=tiny_model_dir, api_key="")
+    for name in ("max_wait_ms", "request_timeout_s", "drain_timeout_s", "startup_timeout_s", "scheduler_aging_s"):
+        with pytest.raises(ValidationError, match=rf"{name}\n  Input should be a finite number"):
+            Settings(model_dir=tiny_model_dir, **{"drain_timeout_s": 630, name: "inf"})  # type: ignore[arg-type]
 
 
 async def test_window_longer_than_the_model_is_refused_at_start(client_factory: ClientFactory) -> None:

@@ -82,6 +82,43 @@ async def test_token_budget_and_size_bound_every_batch() -> None:
     await batcher.stop()
 
 
+async def test_padding_cap_leaves_a_short_window_for_a_pass_of_its_length() -> None:
+    forward = Recorder()
+    forward.gate.clear()  # hold the first batch so the rest queue up
+    batcher = make(forward, max_wait_ms=0, max_padding_ratio=0.1)
+    batcher.start()
+    blocker = batcher.submit([[9]])
+    await asyncio.sleep(0.05)
+    long_doc = batcher.submit([[1] * 10, [1] * 10, [1] * 3])  # a document's short last window
+    one_full = batcher.submit([[2] * 10])
+    one_short = batcher.submit([[3] * 3])
+    forward.gate.set()
+    results = await asyncio.gather(*(t.results() for t in (blocker, long_doc, one_full, one_short)))
+    # Shortest-remaining-first takes one_full, skips one_short (3 tokens padded to 10: 35%), takes the
+    # long document's full windows and stops at its short one, which keeps its order behind them.
+    assert [sorted(map(len, call)) for call in forward.calls] == [[1], [10, 10, 10], [3, 3]]
+    assert [[r.tolist() for r in rows] for rows in results[1:]] == [
+        [[10, 10], [10, 10], [3, 3]],
+        [[20, 10]],
+        [[9, 3]],
+    ]
+    await batcher.stop()
+
+
+async def test_without_a_padding_cap_every_window_shares_the_pass() -> None:
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_wait_ms=0)
+    batcher.start()
+    blocker = batcher.submit([[9]])
+    await asyncio.sleep(0.05)
+    rest = [batcher.submit([[1] * 10, [1] * 10, [1] * 3]), batcher.submit([[2] * 10]), batcher.submit([[3] * 3])]
+    forward.gate.set()
+    await asyncio.gather(blocker.results(), *(t.results() for t in rest))
+    assert [sorted(map(len, call)) for call in forward.calls] == [[1], [3, 3, 10, 10, 10]]
+    await batcher.stop()
+
+
 async def test_one_failing_batch_fails_only_its_requests_and_the_next_succeeds() -> None:
     forward = Recorder(fail_calls=[0])
     batcher = make(forward, max_wait_ms=0)
