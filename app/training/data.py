@@ -7,7 +7,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ class DataError(ValueError):
 class Example:
     text: str
     label: str
+    source: str = field(default="", compare=False)  # "file:line", for errors found after loading
 
 
 def _check(text: object, label: object, where: str) -> Example:
@@ -31,7 +32,7 @@ def _check(text: object, label: object, where: str) -> Example:
         label = str(label)  # class ids such as 0/1, as a CSV file would give them
     if not isinstance(label, str) or not label.strip():
         raise DataError(f"{where}: 'label' must be a non-empty string or an integer class id, got {label!r}")
-    return Example(text=text, label=label.strip())
+    return Example(text=text, label=label.strip(), source=where)
 
 
 def read_text(path: Path) -> str:
@@ -52,17 +53,7 @@ def load_examples(path: Path) -> list[Example]:
     content = read_text(path)
     examples: list[Example] = []
     if path.suffix.lower() == ".csv":
-        csv.field_size_limit(sys.maxsize)
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        missing = {"text", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}:1: header lacks column(s) {sorted(missing)}")
-        first_line = 2
-        for row in reader:  # a quoted field may span lines: name them all, not only the record's last
-            last_line = reader.line_num
-            lines = str(last_line) if first_line >= last_line else f"{first_line}-{last_line}"
-            examples.append(_check(row.get("text"), row.get("label"), f"{path}:{lines}"))
-            first_line = last_line + 1
+        examples = _csv_examples(path, content)
     else:
         with io.StringIO(content) as handle:
             for number, line in enumerate(handle, start=1):
@@ -79,6 +70,45 @@ def load_examples(path: Path) -> list[Example]:
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def _csv_examples(path: Path, content: str) -> list[Example]:
+    """Strict CSV: a stray quote that would swallow the following rows into one text, or a row with more
+    or fewer fields than the header, stops the run with its line numbers instead of training on it."""
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    examples: list[Example] = []
+    first_line = 1
+    header: list[str] | None = None
+    try:
+        for row in reader:  # a quoted field may span lines: name them all, not only the record's last
+            where = _lines(path, first_line, reader.line_num)
+            first_line = reader.line_num + 1
+            if header is None:
+                header = row
+                missing = {"text", "label"} - set(header)
+                if missing:
+                    raise DataError(f"{where}: header lacks column(s) {sorted(missing)}")
+                continue
+            if not row:  # a blank line
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{where}: {len(row)} field(s) where the header has {len(header)} (an unquoted comma, or a "
+                    "quote opened or closed in the wrong place?)"
+                )
+            record = dict(zip(header, row, strict=True))
+            examples.append(_check(record["text"], record["label"], where))
+    except csv.Error as exc:  # strict mode: a quote in the wrong place, or one never closed
+        where = _lines(path, first_line, reader.line_num)
+        raise DataError(f"{where}: malformed CSV ({exc}; a quote opened or closed in the wrong place?)") from None
+    if header is None:
+        raise DataError(f"{path}:1: header lacks column(s) ['label', 'text']")
+    return examples
+
+
+def _lines(path: Path, first: int, last: int) -> str:
+    return f"{path}:{last}" if first >= last else f"{path}:{first}-{last}"
 
 
 def write_atomically(path: Path, text: str) -> None:

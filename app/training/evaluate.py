@@ -239,5 +239,11 @@ def predict_examples(
     for stride in strides:
         docs = encode_docs(Segmenter(tokenizer, max_length, stride), examples, label2id)
         logits = predict_chunk_logits(model, docs, pad_id, max_batch_tokens)
+        broken = next((e for e, rows in zip(examples, logits, strict=True) if not torch.isfinite(rows).all()), None)
+        if broken is not None:  # argmax of NaN is class 0: the report would look like a real, bad model
+            raise ValueError(
+                f"the model returned a non-finite logit (NaN or infinity) for {broken.source or 'a document'}: "
+                "its weights are broken (a half-precision training run?) and no metric would mean anything"
+            )
         records.extend(prediction_records(docs, logits, labels, indices, stride=stride, max_length=max_length, **tags))
     return records

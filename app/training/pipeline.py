@@ -127,7 +127,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
     data_sha256 = hashlib.sha256(options.data.read_bytes()).hexdigest()
     if options.resume and not options.skip_final and summary_path.is_file():
         # the folds kept must come from this recipe and data: check before the final fit replaces the summary
-        _check_same_run(json.loads(summary_path.read_text(encoding="utf-8")), config, data_sha256)
+        _check_same_run(json.loads(summary_path.read_text(encoding="utf-8")), options, data_sha256)
 
     if not options.skip_final:
         result = train_model(
@@ -146,6 +146,8 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             "command": command,
             "data_sha256": data_sha256,
             "final_seconds": result.seconds,
+            "final_best_epoch": result.best_epoch,
+            "final_history": result.history,
             "peak_rss_mb": _peak_rss_mb(),
             "serving": {
                 "max_length": config.max_length,
@@ -159,7 +161,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         del result
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if options.skip_final:
-        _check_same_run(summary, config, data_sha256)
+        _check_same_run(summary, options, data_sha256)
 
     if options.k_fold > 1:
         report = _cross_validate(options, examples, docs, labels, tokenizer)
@@ -187,6 +189,14 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
         raise DataError(
             f"--seed-spread {options.seed_spread} retrains cross-validation fold 1: it needs --k-fold 2 or more"
         )
+    cross_validation_only = {
+        "--eval-strides": bool(options.eval_strides),
+        "--eval-int8": options.eval_int8,
+        "--resume": options.resume,
+    }
+    for flag, given in cross_validation_only.items():
+        if given and k < 2:
+            raise DataError(f"{flag} applies to cross-validation: it needs --k-fold 2 or more")
     if options.skip_final:
         if k < 2:
             raise DataError("--skip-final only cross-validates the saved model: give --k-fold 2 or more")
@@ -202,6 +212,15 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
                 f"--k-fold {k} needs at least {k} documents of every label, so that each fold holds some out; "
                 f"{label!r} has {fewest}"
             )
+
+
+def saved_base(output: Path) -> Path | None:
+    """The base that made the longdoc model in `output` (what --skip-final cross-validates), if recorded."""
+    try:
+        base = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8")).get("base_model")
+    except (OSError, ValueError):
+        return None
+    return Path(base) if base else None
 
 
 def _prepare_output(options: PipelineOptions) -> None:
@@ -221,9 +240,16 @@ def _prepare_output(options: PipelineOptions) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def _check_same_run(summary: dict[str, Any], config: TrainConfig, data_sha256: str) -> None:
-    """Cross-validation must score the recipe and data that made the saved model (and the folds it keeps),
-    or the card would misreport it."""
+def _check_same_run(summary: dict[str, Any], options: PipelineOptions, data_sha256: str) -> None:
+    """Cross-validation must score the base, recipe and data that made the saved model (and the folds it
+    keeps), or the card would misreport it."""
+    config = options.config
+    stored_base = summary.get("base_model")
+    if stored_base is not None and Path(stored_base).resolve() != options.base_model.resolve():
+        raise DataError(
+            f"the base differs from the one that made the saved model (saved {stored_base}, given "
+            f"{options.base_model}); give --base {stored_base}, or train without --skip-final/--resume"
+        )
     stored_data = summary.get("data_sha256")  # absent in models made before it was recorded
     if stored_data is not None and stored_data != data_sha256:
         raise DataError(

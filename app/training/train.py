@@ -51,6 +51,7 @@ class TrainConfig:
     encoder_layers: int | None = None
     head_init: Literal["random", "probe"] = "random"
     probe_c: float = 0.01
+    val_fraction: float = 0.0
     early_stopping_patience: int = 1
     seed: int = 0
     num_threads: int | None = None
@@ -84,6 +85,12 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be at least 0 and below 1, got {self.warmup_ratio}")
         if self.encoder_layers is not None and self.encoder_layers < 1:
             raise ValueError(f"encoder_layers must be at least 1, got {self.encoder_layers}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be at least 0 and below 1, got {self.val_fraction}")
+        if self.val_fraction and self.epochs == 0:
+            raise ValueError("val_fraction picks the best epoch: it needs epochs 1 or more (a probe has none)")
+        if self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,7 +128,8 @@ def encode_docs(segmenter: Segmenter, examples: Sequence[Example], label2id: dic
     docs = []
     for example, seg in zip(examples, segmented, strict=True):
         if not seg.chunks:
-            raise ValueError(f"a {example.label!r} example has no tokens: {example.text[:60]!r}")
+            where = f"{example.source}: " if example.source else ""
+            raise ValueError(f"{where}a {example.label!r} example has no tokens: {example.text[:60]!r}")
         docs.append(
             EncodedDoc(
                 chunks=[c.input_ids for c in seg.chunks],
@@ -182,6 +190,9 @@ def load_base_model(
             config=config,
             local_files_only=True,
             attn_implementation="sdpa",
+            # float32 whatever the checkpoint's config says: a model longdoc saved (fp16) or a bf16 hub base
+            # would otherwise train in half precision on the CPU, where AdamW turns every weight into NaN
+            dtype=torch.float32,
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
@@ -194,7 +205,8 @@ def load_base_model(
 def _log_loading(base_dir: Path, info: dict[str, Any], encoder_prefix: str) -> None:
     """One line for what is expected (a new head, dropped layers); a warning for encoder weights left random
     (the head is whatever lies outside the encoder: `classifier`, DistilBERT's `pre_classifier`, ...)."""
-    missing = sorted(info.get("missing_keys", ()))
+    # a base's head for other labels is replaced: those keys are "mismatched", new all the same
+    missing = sorted({*info.get("missing_keys", ()), *(m[0] for m in info.get("mismatched_keys", ()))})
     untrained = [k for k in missing if k.startswith(f"{encoder_prefix}.") and "pooler." not in k]
     unused = info.get("unexpected_keys", ())
     dropped = {m.group(1) for k in unused if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
@@ -428,6 +440,22 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> f
     return float(np.mean(scores))
 
 
+def validation_split(
+    docs: Sequence[EncodedDoc], fraction: float, seed: int
+) -> tuple[list[EncodedDoc], list[EncodedDoc]]:
+    """Training and validation documents: `fraction` of each label held out (seeded), at least one
+    document of every label left to train on."""
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for label in sorted({d.label for d in docs}):
+        members = [i for i, d in enumerate(docs) if d.label == label]
+        rng.shuffle(members)
+        held.update(members[: min(len(members) - 1, round(fraction * len(members)))])
+    if not held:
+        raise ValueError(f"val_fraction {fraction} holds out no document of {len(docs)}: raise it")
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
 def train_model(
     base_dir: Path,
     labels: Sequence[str],
@@ -437,8 +465,14 @@ def train_model(
     progress: bool = True,
     description: str = "train",
 ) -> TrainResult:
-    """Fine-tune `base_dir` on encoded documents; with `val_docs`, keep the best epoch by macro-F1."""
+    """Fine-tune `base_dir` on encoded documents. With `val_docs`, or `config.val_fraction` of `train_docs`
+    held out, keep the best epoch by validation macro-F1 and stop after `early_stopping_patience` epochs
+    without a gain."""
     from transformers import get_linear_schedule_with_warmup
+
+    if val_docs is None and config.val_fraction:
+        train_docs, val_docs = validation_split(train_docs, config.val_fraction, config.seed)
+        log.info("%s: %d documents train, %d validate", description, len(train_docs), len(val_docs))
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -476,6 +510,12 @@ def train_model(
         for step_start in range(0, len(order), micro):
             batch = [train_docs[i] for i in order[step_start : step_start + micro]]
             loss = _step_loss(model, batch, config, pad_id, rng, loss_fn)
+            if not torch.isfinite(loss):  # nothing after this step could recover: stop, don't save NaNs
+                raise ValueError(
+                    f"{description}: the training loss became {float(loss)} in epoch {epoch} (documents "
+                    f"{step_start + 1}-{step_start + len(batch)} of the shuffled order); lower --lr, or check "
+                    "the base checkpoint's weights"
+                )
             (loss / config.grad_accumulation).backward()  # type: ignore[no-untyped-call]
             micro_index = step_start // micro + 1
             if micro_index % config.grad_accumulation == 0 or step_start + micro >= len(order):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from app.training.evaluate import (
     write_records,
 )
 from app.training.pipeline import label_order, stratified_folds
-from app.training.train import TrainConfig, encode_docs, load_base_model, predict_chunk_logits, train_model
+from app.training.train import (
+    EncodedDoc,
+    TrainConfig,
+    encode_docs,
+    load_base_model,
+    predict_chunk_logits,
+    train_model,
+    validation_split,
+)
 from tests.conftest import build_tiny_bert
 
 FILLER = [
@@ -242,6 +251,12 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
         ("span.csv", 'text,label\n"one\ntwo\nthree",\n', "span.csv:2-4: 'label' must be a non-empty string"),
         ("after.csv", 'text,label\n"a\nb",x\n" ",y\n', "after.csv:4: 'text' is empty"),
         ("flag.jsonl", '{"text": "ok", "label": true}\n', "flag.jsonl:1: 'label' must be a non-empty string"),
+        # a stray quote would swallow the rows after it into one text: strict CSV stops there
+        ("quote.csv", 'text,label\ngood,a\n"open,b\nthird,b\n"q",a\n', "quote.csv:3-5: malformed CSV"),
+        ("unclosed.csv", 'text,label\ngood,a\n"open,b\nthird,b\n', "unclosed.csv:3-4: malformed CSV"),
+        ("inner.csv", 'text,label\n"bad "quote" here",b\n', "inner.csv:2: malformed CSV"),
+        ("extra.csv", "text,label\nx,b,extra\n", "extra.csv:2: 3 field(s) where the header has 2"),
+        ("short.csv", "text,label,id\nx,b\n", "short.csv:2: 2 field(s) where the header has 3"),
     ],
 )
 def test_bad_data_files_name_the_line(tmp_path: Path, name: str, content: str, message: str) -> None:
@@ -291,7 +306,11 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
         (["--max-length", "512"], ("zebra", "giraffe"), "max_length 512 is over the 128 positions of the base"),
         (["--base", "NOT_A_MODEL"], ("zebra", "giraffe"), "is not a model checkpoint directory (no config.json)"),
         (["--output", "FOREIGN"], ("zebra", "giraffe"), "holds files that are not a longdoc model (notes.txt)"),
-        (["--eval-strides", "0", "40"], ("zebra", "giraffe"), "--eval-strides 40: stride must satisfy"),
+        (
+            ["--eval-strides", "0", "40", "--k-fold", "2"],
+            ("zebra", "giraffe"),
+            "--eval-strides 40: stride must satisfy",
+        ),
         (["--docs-per-step", "0"], ("zebra", "giraffe"), "docs_per_step must be at least 1, got 0"),
         (["--grad-accumulation", "0"], ("zebra", "giraffe"), "grad_accumulation must be at least 1, got 0"),
         (["--max-chunks-per-doc", "0"], ("zebra", "giraffe"), "max_chunks_per_doc must be at least 1, got 0"),
@@ -302,6 +321,12 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
         (["--seed-spread", "3"], ("zebra", "giraffe"), "--seed-spread 3 retrains cross-validation fold 1"),
         (["--skip-final", "--k-fold", "2"], ("zebra", "giraffe"), "--skip-final needs a model trained by longdoc"),
         (["--skip-final"], ("zebra", "giraffe"), "--skip-final only cross-validates the saved model"),
+        (["--eval-int8"], ("zebra", "giraffe"), "--eval-int8 applies to cross-validation: it needs --k-fold 2"),
+        (["--eval-strides", "8"], ("zebra", "giraffe"), "--eval-strides applies to cross-validation"),
+        (["--resume"], ("zebra", "giraffe"), "--resume applies to cross-validation"),
+        (["--val-fraction", "1"], ("zebra", "giraffe"), "val_fraction must be at least 0 and below 1, got 1.0"),
+        (["--patience", "0"], ("zebra", "giraffe"), "early_stopping_patience must be at least 1, got 0"),
+        (["--base", "NO_WEIGHTS"], ("zebra", "giraffe"), "no file named model.safetensors"),
     ],
 )
 def test_train_refuses_what_would_fail_late_before_training(
@@ -316,7 +341,12 @@ def test_train_refuses_what_would_fail_late_before_training(
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine", encoding="utf-8")
-    places = {"NOT_A_MODEL": str(tmp_path / "not-a-model"), "FOREIGN": str(tmp_path / "foreign")}
+    shutil.copytree(tiny_base, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    places = {
+        "NOT_A_MODEL": str(tmp_path / "not-a-model"),
+        "FOREIGN": str(tmp_path / "foreign"),
+        "NO_WEIGHTS": str(tmp_path / "no-weights"),
+    }
     args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "out")]
     args += ["--max-length", "32", "--stride", "0", "--no-progress", *(places.get(a, a) for a in extra)]
     assert cli_main(args) == 2
@@ -613,3 +643,133 @@ def test_text_the_vocabulary_cannot_spell_is_warned_about(
     with caplog.at_level(logging.WARNING):
         assert cli_main([*args, "--max-length", "32", "--stride", "0", "--epochs", "1", "--docs-per-step", "2"]) == 0
     assert "of the training tokens are the tokenizer's unknown token [UNK]" in caplog.text
+
+
+def test_a_half_precision_base_trains_in_float32(tmp_path: Path, tiny_base: Path) -> None:
+    """Every model longdoc saves is fp16 with "dtype": "float16" in its config: continuing to train one
+    (or a bf16 checkpoint) must not train in half precision on the CPU, where AdamW makes weights NaN."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    half = tmp_path / "half"
+    AutoModelForSequenceClassification.from_pretrained(tiny_base).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(half)
+    assert json.loads((half / "config.json").read_text(encoding="utf-8"))["dtype"] == "float16"
+    tokenizer = AutoTokenizer.from_pretrained(half)
+    docs = encode_docs(Segmenter(tokenizer, 32, 0), late_keyword_corpus(8, seed=3), {"giraffe": 0, "zebra": 1})
+    config = TrainConfig(max_length=32, stride=0, epochs=1, docs_per_step=4, num_threads=1)
+    result = train_model(half, ["giraffe", "zebra"], docs, config, progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_a_loss_that_turns_nan_stops_the_run(tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    import app.training.train as train_module
+
+    docs = encode_docs(
+        Segmenter(AutoTokenizer.from_pretrained(tiny_base), 32, 0),
+        late_keyword_corpus(8, seed=3),
+        {"giraffe": 0, "zebra": 1},
+    )
+    monkeypatch.setattr(train_module, "_step_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    config = TrainConfig(max_length=32, stride=0, epochs=2, docs_per_step=4, num_threads=1)
+    with pytest.raises(ValueError, match=r"final: the training loss became nan in epoch 1 \(documents 1-4"):
+        train_model(tiny_base, ["giraffe", "zebra"], docs, config, progress=False, description="final")
+
+
+def test_eval_refuses_a_model_whose_logits_are_nan(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "broken"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base)
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(broken)
+    data = _write_jsonl(tmp_path / "test.jsonl", late_keyword_corpus(4, seed=3, labels=("negative", "positive")))
+    assert cli_main(["eval", "--model", str(broken), "--data", str(data)]) == 2
+    assert f"non-finite logit (NaN or infinity) for {data}:1" in capsys.readouterr().err
+
+
+def test_cross_validating_a_saved_model_uses_its_own_base(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(6, seed=7))
+    output = tmp_path / "model"
+    recipe = ["--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4", "--no-progress"]
+    common = ["train", "--data", str(data), "--output", str(output), *recipe]
+    assert cli_main([*common, "--base", str(tiny_base)]) == 0
+    other = shutil.copytree(tiny_base, tmp_path / "other-base")
+    capsys.readouterr()
+    assert cli_main([*common, "--base", str(other), "--skip-final", "--k-fold", "2"]) == 2
+    assert f"the base differs from the one that made the saved model (saved {tiny_base}, given {other})" in (
+        capsys.readouterr().err
+    )
+    assert not (output / "cv_report.json").exists()
+    assert cli_main([*common, "--skip-final", "--k-fold", "2"]) == 0  # no --base: the saved model's, not MiniLM
+    assert (output / "cv_report.json").is_file()
+    assert f"Base encoder: `{tiny_base}`" in (output / "README.md").read_text(encoding="utf-8")
+
+
+def test_validation_split_holds_out_each_label_and_keeps_one_to_train() -> None:
+    docs = [EncodedDoc(chunks=[[1]], token_counts=[1], label=i % 3, num_tokens=1) for i in range(30)]
+    docs += [EncodedDoc(chunks=[[1]], token_counts=[1], label=3, num_tokens=1)]  # a label with one document
+    train, val = validation_split(docs, 0.2, seed=0)
+    assert [sum(d.label == label for d in val) for label in range(4)] == [2, 2, 2, 0]
+    assert sorted(map(id, train + val)) == sorted(map(id, docs))  # each document in exactly one of them
+    assert validation_split(docs, 0.2, seed=0) == (train, val) and validation_split(docs, 0.2, seed=1) != (train, val)
+    with pytest.raises(ValueError, match=r"val_fraction 0\.01 holds out no document of 31: raise it"):
+        validation_split(docs, 0.01, seed=0)
+
+
+def test_a_validation_split_keeps_the_best_epoch_and_the_card_says_so(tmp_path: Path, tiny_base: Path) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(16, seed=4))
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    args += ["--max-length", "32", "--stride", "0", "--epochs", "3", "--lr", "1e-12", "--docs-per-step", "4"]
+    assert cli_main([*args, "--val-fraction", "0.25", "--patience", "1"]) == 0
+    summary = json.loads((output / "training_summary.json").read_text(encoding="utf-8"))
+    # a vanishing learning rate never improves the validation macro-F1: epoch 1 kept, stopped after epoch 2
+    assert [r["epoch"] for r in summary["final_history"]] == [1, 2] and summary["final_best_epoch"] == 1
+    assert all("val_macro_f1" in r for r in summary["final_history"])
+    card = (output / "README.md").read_text(encoding="utf-8")
+    assert "Validation: 0.25 of each fit's documents held out" in card and "epoch 1 of 2 run" in card
+
+
+def test_a_custom_model_card_claims_no_licence_and_no_metrics_it_lacks(tmp_path: Path, tiny_base: Path) -> None:
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(8, seed=4))
+    output = tmp_path / "model"
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(output), "--no-progress"]
+    assert cli_main([*args, "--max-length", "32", "--stride", "0", "--epochs", "1", "--pooling", "mean"]) == 0
+    card = (output / "README.md").read_text(encoding="utf-8")
+    assert "license:" not in card  # the author's to state: longdoc knows neither the data's nor the base's
+    assert "cross-validated" not in card and "No metrics: this run did not cross-validate" in card
+    assert "aggregation `mean_logits` (as given to `longdoc train`)" in card
+    assert "MiniLM" not in card and "BertForSequenceClassification" not in card
+
+
+def test_eval_cli_details(tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--strides given twice scores once; --json into a folder not made yet; a text without tokens names
+    its line."""
+    data = _write_jsonl(tmp_path / "test.jsonl", late_keyword_corpus(4, seed=3, labels=("negative", "positive")))
+    report = tmp_path / "new" / "dir" / "report.json"
+    args = ["eval", "--model", str(tiny_base), "--data", str(data), "--max-length", "32"]
+    assert cli_main([*args, "--strides", "8", "8", "--json", str(report)]) == 0
+    written = json.loads(report.read_text(encoding="utf-8"))
+    assert list(written["strides"]) == ["8"]
+    assert written["strides"]["8"]["n"] == 4  # each document once
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": "fine words", "label": "negative"}\n{"text": "\\u200b\\u200b", "label": "positive"}\n')
+    capsys.readouterr()
+    assert cli_main(["eval", "--model", str(tiny_base), "--data", str(empty)]) == 2
+    assert f"{empty}:2: a 'positive' example has no tokens" in capsys.readouterr().err
+
+
+def test_train_refuses_a_thread_count_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["train", "--data", "x.jsonl", "--output", str(tmp_path), "--num-threads", "0"])
+    assert stop.value.code == 2
+    assert "--num-threads: must be at least 1, got 0" in capsys.readouterr().err
