@@ -71,18 +71,29 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
     """When LONGDOC_API_KEY is set: `Authorization: Bearer <key>` or `X-API-Key: <key>` (constant time)."""
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()  # UTF-8, as clients send a non-ASCII key
+    key = settings.api_key.get_secret_value()
+    # A non-ASCII key arrives as UTF-8 from curl, as Latin-1 from requests, browsers and Node: take either.
+    expected = {key.encode(), key.encode("latin-1")} if _latin1(key) else {key.encode()}
     authorization = request.headers.get("authorization", "")
     bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     # Either header may carry it: huggingface_hub's InferenceClient sends the user's HF token as Bearer,
     # so a right X-API-Key must not lose to an unrelated Authorization header.
     candidates = [request.headers.get("x-api-key", ""), bearer]
     # Starlette decodes header bytes as Latin-1: encoding back gives the bytes the client sent.
-    if not any(hmac.compare_digest(given.encode("latin-1"), expected) for given in candidates if given):
+    sent = [given.encode("latin-1") for given in candidates if given]
+    if not any(hmac.compare_digest(given, form) for given in sent for form in expected):
         raise Unauthorized(
             "missing or wrong API key (Authorization: Bearer <key> or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require_api_key_for_metrics(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
@@ -110,8 +121,8 @@ def require_json(request: Request) -> None:
 def require_plain_body(request: Request) -> None:
     """415 for a compressed body (Content-Encoding): the body limit counts the bytes received, and a
     decompressed body could be any size; without this a gzip body got a 400 about its first byte."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in {"", "identity"}:
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if any(coding.strip() not in {"", "identity"} for coding in encoding.split(",")):
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
 
 

@@ -204,7 +204,10 @@ class Batcher:
         ticket = Ticket(key=next(self._keys))
         ticket.items = [_Item(list(ids), loop.create_future(), now) for ids in chunks]
         if ticket.items:
-            self._queues[ticket.key] = deque(ticket.items)
+            # Longest first: chunks of similar length sit together (a document's full windows, then its short
+            # last one; a request's many texts by size), so the padding cap seldom ends a request's run in
+            # a pass early. The order does not matter otherwise: each chunk has its own future.
+            self._queues[ticket.key] = deque(sorted(ticket.items, key=lambda item: -len(item.ids)))
             self._queued += len(ticket.items)
             self._idle.clear()
             self._publish_depth()
@@ -268,8 +271,9 @@ class Batcher:
         Order: fewest remaining chunks first, with aging (`scheduling_priority`); with batching off,
         arrival order and one request per batch (the naive-server baseline). A chunk that would pad the
         pass past `max_padding_ratio` (every chunk is padded to the widest) stays queued, and so do the
-        rest of its request's chunks, to keep their order; later requests may still fill the pass. The
-        first chunk always goes, so the request that comes first in the order is never held back.
+        rest of its request's chunks for a later pass (queued longest first, so chunks of similar length
+        are adjacent); later requests may still fill this one. The first chunk always goes, so the request that comes
+        first in the order is never held back.
         """
         batch: list[_Item] = []
         widest = 0

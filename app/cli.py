@@ -25,6 +25,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     from app.aggregate import Aggregation
     from app.training.train import TrainConfig
 
+    if args.patience != 1 and not args.val_fraction:
+        raise ValueError(f"--patience {args.patience} applies to --val-fraction: give both")
+
     return TrainConfig(
         max_length=args.max_length,
         stride=args.stride,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import GuardedRoute, ServiceDep, classify_until_disconnect, error_responses
-from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, validation_message
+from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, http_error_message, validation_message
 from app.schemas import ClassifyBatchResult, ClassifyRequest, ClassifyResult
 from app.service import ClassifierService
 
@@ -65,7 +65,8 @@ class CompatRoute(GuardedRoute):
                 return tei_error(request, status, message)
             except StarletteHTTPException as exc:
                 reason = "body_too_large" if exc.status_code == 413 else None
-                return tei_error(request, exc.status_code, str(exc.detail), exc.headers, reason)
+                message = http_error_message(exc, request)
+                return tei_error(request, exc.status_code, message, exc.headers, reason)
             except Exception as exc:
                 log.exception("unhandled error")
                 return tei_error(request, 500, f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:
             request.app.state.metrics.rejected.labels(reason="body_too_large").inc()
         return JSONResponse(
-            error_body(error_type, http_error_message(exc, request.method, request.url.path)),
+            error_body(error_type, http_error_message(exc, request)),
             exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
 
-def http_error_message(exc: StarletteHTTPException, method: str, path: str) -> str:
+def http_error_message(exc: StarletteHTTPException, request: Request) -> str:
     """Starlette's and FastAPI's generic details, made to say what went wrong."""
+    path = request.url.path
     if exc.status_code == 404 and exc.detail == "Not Found":
-        hint = f"; did you mean {path.rstrip('/')}?" if len(path) > 1 and path.endswith("/") else ""
-        return f"no route {method} {path}{hint}"
+        bare = path.rstrip("/")
+        scope = {**request.scope, "path": bare}
+        exists = bare != path and any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
+        hint = f"; did you mean {bare}?" if exists else ""
+        return f"no route {request.method} {path}{hint}"
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "There was an error parsing the body"
         return f"request body is not valid JSON: {str(exc.__cause__)[:200]}"
     return str(exc.detail)

@@ -153,11 +153,23 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
-        """An empty key (an unset secret in a compose or Kubernetes file, say) could never match: every
-        /classify would get 401 while /health says ready. Refused here instead of serving nobody."""
-        if value is not None and not value.get_secret_value().strip():
+        """Surrounding whitespace (the newline a secret file ends with) never arrives in a header, so it
+        is dropped. An empty key (an unset secret in a compose or Kubernetes file, say) could never match:
+        every /classify would get 401 while /health says ready. Refused here instead of serving nobody."""
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
             raise ValueError("api_key is empty: set a key, or unset LONGDOC_API_KEY to serve without one")
-        return value
+        return SecretStr(key)
+
+    @field_validator(
+        "max_length", "stride", "aggregation", "threshold", "max_batch_tokens", "max_padding_ratio", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`LONGDOC_MAX_BATCH_TOKENS=` (compose's `${VAR:-}`) means unset: the model's or device's default."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

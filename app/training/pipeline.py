@@ -44,6 +44,7 @@ from app.training.train import (
     TrainConfig,
     encode_docs,
     freeze_encoder_layers,
+    held_out_count,
     load_base_model,
     train_model,
 )
@@ -143,6 +144,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             "labels": labels,
             "examples": len(examples),
             "base_model": str(options.base_model),
+            "base_sha256": base_fingerprint(options.base_model),
             "command": command,
             "data_sha256": data_sha256,
             "final_seconds": result.seconds,
@@ -212,15 +214,48 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
                 f"--k-fold {k} needs at least {k} documents of every label, so that each fold holds some out; "
                 f"{label!r} has {fewest}"
             )
+    _check_validation_splits(options, [e.label for e in examples])
+
+
+def _check_validation_splits(options: PipelineOptions, labels: list[str]) -> None:
+    """Every fit the run will make (the final one, each fold's) must hold out some documents to validate
+    on: found out only when a fold starts, it would stop the run after the final fit."""
+    fraction = options.config.val_fraction
+    if not fraction:
+        return
+    fits = {"the final fit": labels}
+    if options.k_fold > 1:
+        folds = stratified_folds(labels, options.k_fold, options.config.seed)
+        for fold in range(options.k_fold):
+            fits[f"fold {fold + 1}"] = [label for label, f in zip(labels, folds, strict=True) if f != fold]
+    for name, fit_labels in fits.items():
+        if not sum(held_out_count(n, fraction) for n in Counter(fit_labels).values()):
+            raise DataError(
+                f"--val-fraction {fraction:g} holds out no document of the {len(fit_labels)} that {name} trains "
+                "on: raise it"
+            )
 
 
 def saved_base(output: Path) -> Path | None:
-    """The base that made the longdoc model in `output` (what --skip-final cross-validates), if recorded."""
+    """The base that made the longdoc model in `output` (what --skip-final cross-validates), if recorded
+    and still there; else None, and the default base stands in (checked by its fingerprint)."""
     try:
         base = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8")).get("base_model")
     except (OSError, ValueError):
         return None
-    return Path(base) if base else None
+    return Path(base) if base and Path(base).is_dir() else None
+
+
+def base_fingerprint(base: Path) -> str:
+    """sha256 of the base's config.json and weight files: the same checkpoint wherever it is installed."""
+    digest = hashlib.sha256()
+    for path in sorted(base.iterdir()):
+        if path.is_file() and (path.name == "config.json" or path.suffix in {".safetensors", ".bin"}):
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _prepare_output(options: PipelineOptions) -> None:
@@ -244,11 +279,19 @@ def _check_same_run(summary: dict[str, Any], options: PipelineOptions, data_sha2
     """Cross-validation must score the base, recipe and data that made the saved model (and the folds it
     keeps), or the card would misreport it."""
     config = options.config
-    stored_base = summary.get("base_model")
-    if stored_base is not None and Path(stored_base).resolve() != options.base_model.resolve():
+    stored_base, stored_sha256 = summary.get("base_model"), summary.get("base_sha256")
+    # By content: the same base installed elsewhere (a container's venv) is the same base. A summary from
+    # before the fingerprint was recorded is checked by path, where that path still exists.
+    if stored_sha256 is not None:
+        differs = stored_sha256 != base_fingerprint(options.base_model)
+    elif stored_base is not None and Path(stored_base).is_dir():
+        differs = Path(stored_base).resolve() != options.base_model.resolve()
+    else:
+        differs = False
+    if differs:
         raise DataError(
             f"the base differs from the one that made the saved model (saved {stored_base}, given "
-            f"{options.base_model}); give --base {stored_base}, or train without --skip-final/--resume"
+            f"{options.base_model}); give the saved model's base, or train without --skip-final/--resume"
         )
     stored_data = summary.get("data_sha256")  # absent in models made before it was recorded
     if stored_data is not None and stored_data != data_sha256:

@@ -440,6 +440,11 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> f
     return float(np.mean(scores))
 
 
+def held_out_count(label_count: int, fraction: float) -> int:
+    """Documents of one label that `validation_split` holds out: the fraction, rounded, but never all."""
+    return min(label_count - 1, round(fraction * label_count))
+
+
 def validation_split(
     docs: Sequence[EncodedDoc], fraction: float, seed: int
 ) -> tuple[list[EncodedDoc], list[EncodedDoc]]:
@@ -450,7 +455,7 @@ def validation_split(
     for label in sorted({d.label for d in docs}):
         members = [i for i, d in enumerate(docs) if d.label == label]
         rng.shuffle(members)
-        held.update(members[: min(len(members) - 1, round(fraction * len(members)))])
+        held.update(members[: held_out_count(len(members), fraction)])
     if not held:
         raise ValueError(f"val_fraction {fraction} holds out no document of {len(docs)}: raise it")
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]

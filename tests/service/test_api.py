@@ -319,6 +319,8 @@ async def test_body_without_content_type_is_read_as_json(
         response = await client.post("/classify", content=b'{"text": "no content type"}')
         assert "content-type" not in response.request.headers
         assert response.status_code == 200, response.text
+        identity = {"Content-Encoding": "identity, Identity"}  # no coding at all, however spelled
+        assert (await client.post("/classify", json={"text": "a"}, headers=identity)).status_code == 200
 
 
 async def test_null_optional_fields_mean_their_defaults(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
@@ -350,6 +352,9 @@ async def test_unknown_route_and_method_use_the_error_body(
 ) -> None:
     async with client_factory(engine=fake_engine) as client:
         assert_error(await client.get("/nope"), 404, "not_found", "no route GET /nope")
+        nope = await client.post("/nope/", json={"text": "a"})
+        assert_error(nope, 404, "not_found", "no route POST /nope/")
+        assert "did you mean" not in nope.text  # only a route that exists is suggested
         assert_error(await client.get("/classify"), 405, "method_not_allowed")
         # a trailing slash: a JSON 404 that names the route, not an empty 307 most clients don't follow
         slash = await client.post("/classify/", json={"text": "a"})
@@ -407,8 +412,13 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
         assert (await client.post("/classify", json={"text": "a"}, headers=utf8)).status_code == 200
         bearer = {"Authorization": b"Bearer " + "clé-ü".encode()}
         assert (await client.post("/classify", json={"text": "a"}, headers=bearer)).status_code == 200
-        latin1 = {"X-API-Key": "clé-ü".encode("latin-1")}
-        assert_error(await client.post("/classify", json={"text": "a"}, headers=latin1), 401, "unauthorized")
+        latin1 = {"X-API-Key": "clé-ü".encode("latin-1")}  # what requests, browsers and Node send
+        assert (await client.post("/classify", json={"text": "a"}, headers=latin1)).status_code == 200
+        wrong = {"X-API-Key": b"cle-u"}
+        assert_error(await client.post("/classify", json={"text": "a"}, headers=wrong), 401, "unauthorized")
+    async with client_factory(engine=fake_engine, api_key="s3cret\n") as client:  # a secret file's newline
+        ok = await client.post("/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
 
 
 async def test_failing_batch_fails_only_its_request(client_factory: ClientFactory, wordpiece_tokenizer: Any) -> None:
@@ -540,9 +550,12 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_model_d
 
     monkeypatch.setenv("LONGDOC_MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("LONGDOC_MAX_BATCH_TOKENS", "4096")
+    monkeypatch.setenv("LONGDOC_MAX_PADDING_RATIO", "")  # compose's ${VAR:-}: unset, the device's default
+    monkeypatch.setenv("LONGDOC_STRIDE", " ")
     monkeypatch.setenv("LONGDOC_CORS_ORIGINS", "https://a.example, https://b.example")
     settings = Settings()
     assert settings.max_batch_tokens == 4096
+    assert settings.max_padding_ratio is None and settings.stride is None
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert json.loads(settings.model_dump_json())["api_key"] is None
 

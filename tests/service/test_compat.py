@@ -125,6 +125,8 @@ async def test_compat_errors_keep_longdoc_statuses(client_factory: ClientFactory
             assert_tei_error(malformed, 400, "Validation", "not valid JSON")
             plain = await client.post(path, content=b"text", headers={**key, "Content-Type": "text/plain"})
             assert_tei_error(plain, 415, "Validation", "text/plain")
+            digits = await client.post(path, content=b'{"inputs": 1' + b"0" * 5000 + b"}", headers=key)
+            assert_tei_error(digits, 400, "Validation", "not valid JSON: Exceeds the limit (4300 digits)")
         too_many = await client.post("/predict", json={"inputs": [["a"], ["b"], ["c"]]}, headers=key)
         assert_tei_error(too_many, 413, "Validation", "max_texts_per_request 2")
         assert (await client.post("/predict", json={"inputs": "a"}, headers=key)).status_code == 200

@@ -105,6 +105,24 @@ async def test_padding_cap_leaves_a_short_window_for_a_pass_of_its_length() -> N
     await batcher.stop()
 
 
+async def test_a_request_of_mixed_lengths_is_grouped_by_length_under_the_cap() -> None:
+    """Many texts in one request, lengths alternating: two passes of like windows, not one per length change;
+    the results still come back in the request's order."""
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_wait_ms=0, max_padding_ratio=0.1)
+    batcher.start()
+    blocker = batcher.submit([[9]])
+    await asyncio.sleep(0.05)
+    mixed = batcher.submit([[i] * (10 if i % 2 else 3) for i in range(1, 9)])
+    forward.gate.set()
+    await blocker.results()
+    rows = await mixed.results()
+    assert [sorted(map(len, call)) for call in forward.calls] == [[1], [10, 10, 10, 10], [3, 3, 3, 3]]
+    assert [r.tolist() for r in rows] == [[i * (10 if i % 2 else 3), 10 if i % 2 else 3] for i in range(1, 9)]
+    await batcher.stop()
+
+
 async def test_without_a_padding_cap_every_window_shares_the_pass() -> None:
     forward = Recorder()
     forward.gate.clear()

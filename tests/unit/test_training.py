@@ -325,7 +325,17 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
         (["--eval-strides", "8"], ("zebra", "giraffe"), "--eval-strides applies to cross-validation"),
         (["--resume"], ("zebra", "giraffe"), "--resume applies to cross-validation"),
         (["--val-fraction", "1"], ("zebra", "giraffe"), "val_fraction must be at least 0 and below 1, got 1.0"),
-        (["--patience", "0"], ("zebra", "giraffe"), "early_stopping_patience must be at least 1, got 0"),
+        (
+            ["--patience", "0", "--val-fraction", "0.5"],
+            ("zebra", "giraffe"),
+            "early_stopping_patience must be at least 1",
+        ),
+        (["--patience", "2"], ("zebra", "giraffe"), "--patience 2 applies to --val-fraction: give both"),
+        (
+            ["--val-fraction", "0.1"],
+            ("zebra", "giraffe"),
+            "--val-fraction 0.1 holds out no document of the 6 that the final",
+        ),
         (["--base", "NO_WEIGHTS"], ("zebra", "giraffe"), "no file named model.safetensors"),
     ],
 )
@@ -702,7 +712,7 @@ def test_cross_validating_a_saved_model_uses_its_own_base(
     recipe = ["--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4", "--no-progress"]
     common = ["train", "--data", str(data), "--output", str(output), *recipe]
     assert cli_main([*common, "--base", str(tiny_base)]) == 0
-    other = shutil.copytree(tiny_base, tmp_path / "other-base")
+    other = build_tiny_bert(tmp_path / "other-base", seed=1)
     capsys.readouterr()
     assert cli_main([*common, "--base", str(other), "--skip-final", "--k-fold", "2"]) == 2
     assert f"the base differs from the one that made the saved model (saved {tiny_base}, given {other})" in (
@@ -711,6 +721,9 @@ def test_cross_validating_a_saved_model_uses_its_own_base(
     assert not (output / "cv_report.json").exists()
     assert cli_main([*common, "--skip-final", "--k-fold", "2"]) == 0  # no --base: the saved model's, not MiniLM
     assert (output / "cv_report.json").is_file()
+    # The same base installed elsewhere (a container's venv) is the same base: compared by content.
+    moved = shutil.copytree(tiny_base, tmp_path / "moved-base")
+    assert cli_main([*common, "--base", str(moved), "--skip-final", "--k-fold", "2"]) == 0
     assert f"Base encoder: `{tiny_base}`" in (output / "README.md").read_text(encoding="utf-8")
 
 
@@ -773,3 +786,17 @@ def test_train_refuses_a_thread_count_below_one(tmp_path: Path, capsys: pytest.C
         cli_main(["train", "--data", "x.jsonl", "--output", str(tmp_path), "--num-threads", "0"])
     assert stop.value.code == 2
     assert "--num-threads: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_validation_split_too_small_for_a_fold_is_refused_before_training(
+    tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """6 documents a label: the final fit holds out 1 of each at 0.1 (round(0.6)), a fold's 3 none."""
+    data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(12, seed=3))
+    args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "out")]
+    args += ["--max-length", "32", "--no-progress", "--val-fraction", "0.1", "--k-fold", "2"]
+    assert cli_main(args) == 2
+    assert (
+        "--val-fraction 0.1 holds out no document of the 6 that fold 1 trains on: raise it" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
