@@ -75,6 +75,10 @@ RUN test -f "${LONGDOC_MODEL_DIR}/config.json" \
 
 # Numeric, so that Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
+# ... and that user must be able to read every model file: COPY keeps the modes of the build context, and
+# a model written under umask 077 (root's 0600) would fail every start with "Permission denied".
+RUN cat "${LONGDOC_MODEL_DIR}"/* > /dev/null \
+    || { echo "the model files are not readable by uid 10001: chmod -R a+rX model_store, then build again" >&2; exit 1; }
 WORKDIR /home/longdoc
 EXPOSE 8000
 

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from app.errors import Draining
 from app.logs import configure_logging
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, unknown_settings
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
         overrides["model_dir"] = model_dir
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, settings.log_json)
+    for unknown in unknown_settings(os.environ):
+        log.warning("%s is not a longdoc setting and is ignored", unknown)
     app = create_app(settings, load_in_background=True)  # the port opens at once; 503 until loaded
     config = uvicorn.Config(
         app,

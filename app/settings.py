@@ -7,9 +7,11 @@ longdoc.json > built-in). `resolve_serving` applies that order once the tokenize
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -188,6 +190,22 @@ class Settings(BaseSettings):
         if self.max_length is not None and self.stride is not None and self.stride >= self.max_length:
             raise ValueError(f"stride ({self.stride}) must be smaller than max_length ({self.max_length})")
         return self
+
+
+# What Kubernetes service links define for a Service named longdoc (the manifests turn them off): not settings.
+_SERVICE_LINKS = re.compile(r"LONGDOC_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """LONGDOC_* variables that name no setting, each with the setting it may have meant: pydantic-settings
+    ignores them, so a misspelt LONGDOC_APIKEY would serve without a key and say nothing."""
+    known = [f"LONGDOC_{name.upper()}" for name in Settings.model_fields]
+    found = []
+    for name in sorted(environ):
+        if name.startswith("LONGDOC_") and name not in known and not _SERVICE_LINKS.fullmatch(name):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            found.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return found
 
 
 @dataclass(frozen=True)

@@ -104,10 +104,10 @@ def test_selectors_and_targets_fit_together() -> None:
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for p in container()["ports"]}
     pdb = resource("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["spec"]["minAvailable"] >= 1
+    assert pdb["spec"]["maxUnavailable"] == 1  # one at a time, not "all but one" (minAvailable: 1)
     hpa = resource("HorizontalPodAutoscaler")
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
-    assert hpa["spec"]["minReplicas"] >= 2 > pdb["spec"]["minAvailable"]
+    assert hpa["spec"]["minReplicas"] >= 2 > pdb["spec"]["maxUnavailable"]
     security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] > 0

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_serve_classifies_a_long_document(tmp_path: Path) -> None:
     port = free_port()
     text = long_text(20_000, seed=7)
-    with longdoc_serve(port, tmp_path / "serve.log", log_json="true"):
+    with longdoc_serve(port, tmp_path / "serve.log", log_json="true", apikey="misspelt"):
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=600) as client:  # one keep-alive connection throughout
             info = client.get("/info").json()
@@ -53,6 +53,11 @@ def test_serve_classifies_a_long_document(tmp_path: Path) -> None:
     ]
     assert access and access[0]["status"] == 200 and access[0]["chunks"] == body["num_chunks"]
     assert text[:40] not in (tmp_path / "serve.log").read_text()  # no document text in logs by default
+    # a misspelt setting is named at start-up, not ignored in silence (this one would have meant "no key")
+    assert (
+        "LONGDOC_APIKEY (did you mean LONGDOC_API_KEY?) is not a longdoc setting"
+        in (tmp_path / "serve.log").read_text()
+    )
 
 
 def test_uvicorn_factory_entry_point(tmp_path: Path, tiny_model_dir: Path) -> None:

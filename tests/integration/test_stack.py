@@ -151,8 +151,8 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
         public_metrics = httpx.get(f"{lb}/metrics", timeout=5)  # scraped per replica, never via the balancer
         assert public_metrics.status_code == 404 and "longdoc_" not in public_metrics.text
         assert public_metrics.json()["error"]["type"] == "not_found"
-        redirect = httpx.get(f"{lb}/health/", timeout=5)  # the app's trailing-slash redirect keeps the port
-        assert redirect.status_code == 307 and redirect.headers["location"] == f"{lb}/health", redirect.headers
+        slash = httpx.post(f"{lb}/classify/", json={"text": "a"}, timeout=5)  # no redirect: a JSON 404 that says
+        assert slash.status_code == 404 and "did you mean /classify?" in slash.json()["error"]["message"]
 
         prometheus_yml = tmp_path / "prometheus.yml"
         prometheus_yml.write_text(yaml.safe_dump(render_prometheus(targets=[victim, survivor], interval="1s")))
@@ -240,3 +240,10 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
                 result = prometheus.query(expr)
                 if panel["type"] == "stat":
                     assert result, f"stat panel {panel['title']!r} shows no data under traffic: {expr}"
+
+        # --- no replica left: the balancer's own answer is a retryable 503 in the service's error shape
+        replicas[1].send_signal(signal.SIGKILL)
+        replicas[1].wait(10)
+        gone = httpx.post(f"{lb}/classify", json={"text": "a"}, headers={"X-Request-ID": "none-left"}, timeout=30)
+        assert gone.status_code == 503 and gone.headers["retry-after"] == "5", (gone.status_code, gone.text)
+        assert gone.json()["error"]["type"] == "not_ready" and gone.headers["x-request-id"] == "none-left"

@@ -545,6 +545,14 @@ async def test_window_longer_than_the_model_is_refused_at_start(client_factory: 
             pass
 
 
+def test_unknown_settings_are_named_with_the_one_meant() -> None:
+    from app.settings import unknown_settings
+
+    environ = {"LONGDOC_APIKEY": "k", "LONGDOC_MAX_BATCH_TOKENS": "1", "LONGDOC_WIBBLE": "1", "PATH": "/bin"}
+    environ |= {"LONGDOC_SERVICE_HOST": "10.0.0.1", "LONGDOC_PORT_80_TCP_ADDR": "10.0.0.1"}  # Kubernetes' links
+    assert unknown_settings(environ) == ["LONGDOC_APIKEY (did you mean LONGDOC_API_KEY?)", "LONGDOC_WIBBLE"]
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
     from app.settings import Settings
 
