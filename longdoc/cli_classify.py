@@ -39,29 +39,51 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--chunks", action="store_true", help="with --json: add per-chunk scores and top chunks")
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default=None, help="override the service default")
     parser.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default 4)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one answer")
+    parser.add_argument("--timeout", type=_positive_seconds, default=600.0, help="seconds to wait for one answer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return seconds
+
+
 def _read(name: str) -> str:
-    if name == "-":  # the bytes, decoded strictly like a file (the locale's decoder would smuggle in surrogates)
-        return sys.stdin.buffer.read().decode("utf-8")
-    return Path(name).read_text(encoding="utf-8")
+    """The file's text as it is (strict UTF-8, no newline translation), so --chunks offsets point into the
+    file itself, the same whether it is named or piped in ('-')."""
+    raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    return raw.decode("utf-8")
+
+
+def _display(name: str) -> str:
+    """A file name as printable UTF-8: an undecodable byte of a name shows as \\xNN instead of failing."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _error(exc: Exception) -> dict[str, str]:
     if isinstance(exc, APIError):
         return {"type": exc.error_type, "message": exc.message}
+    if isinstance(exc, httpx.TimeoutException):
+        return {"type": "timeout", "message": f"no answer from {_url(exc)} in time ({type(exc).__name__})"}
     if isinstance(exc, httpx.HTTPError):
-        return {"type": "connection_error", "message": f"{type(exc).__name__}: {exc}"}
+        return {"type": "connection_error", "message": f"{_url(exc)}: {type(exc).__name__}: {exc}"}
     return {"type": "read_error", "message": str(exc)}
+
+
+def _url(exc: httpx.HTTPError) -> str:
+    try:
+        return str(exc.request.url)
+    except RuntimeError:  # an error raised before a request existed
+        return "the service"
 
 
 def _json_line(name: str, outcome: Classification | Exception) -> str:
     if isinstance(outcome, Exception):
-        return json.dumps({"file": name, "error": _error(outcome)}, ensure_ascii=False)
+        return json.dumps({"file": _display(name), "error": _error(outcome)}, ensure_ascii=False)
     fields = {k: v for k, v in dataclasses.asdict(outcome).items() if v is not None}
-    return json.dumps({"file": name, **fields}, ensure_ascii=False)
+    return json.dumps({"file": _display(name), **fields}, ensure_ascii=False)
 
 
 def format_table(rows: list[tuple[str, Classification | Exception]]) -> str:
@@ -71,10 +93,16 @@ def format_table(rows: list[tuple[str, Classification | Exception]]) -> str:
     for name, outcome in rows:
         if isinstance(outcome, Exception):
             error = _error(outcome)
-            cells.append((name, f"error {error['type']}: {error['message']}"))
+            cells.append((_display(name), f"error {error['type']}: {error['message']}"))
         else:
             cells.append(
-                (name, outcome.label, f"{outcome.score:.3f}", str(outcome.num_chunks), str(outcome.num_tokens))
+                (
+                    _display(name),
+                    outcome.label,
+                    f"{outcome.score:.3f}",
+                    str(outcome.num_chunks),
+                    str(outcome.num_tokens),
+                )
             )
     full = [c for c in cells if len(c) == len(header)]
     widths = [max(len(row[i]) for row in [header, *full]) for i in range(len(header))]
@@ -113,8 +141,9 @@ async def _classify_all(args: argparse.Namespace) -> list[tuple[str, Classificat
             for name, task in zip(names, tasks, strict=True):
                 outcome = await task
                 rows.append((name, outcome))
-                if args.json:
+                if args.json:  # flushed: a reader of the pipe gets each line as it is ready
                     tqdm.write(_json_line(name, outcome), file=sys.stdout)
+                    sys.stdout.flush()
     return rows
 
 
@@ -131,4 +160,7 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `longdoc classify ... | head`: the reader left; stop quietly, as `cat` would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail too
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C: the lines printed so far stand; requests in flight are abandoned
+        print("\ninterrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 1 if any(isinstance(outcome, Exception) for _, outcome in rows) else 0

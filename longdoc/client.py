@@ -191,6 +191,13 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _text_list(texts: list[str]) -> list[str]:
+    """classify_many("one text") would send one request text per character."""
+    if isinstance(texts, str):
+        raise TypeError("classify_many takes a list of texts; for one text use classify")
+    return list(texts)
+
+
 class _Base:
     """What both clients share: configuration, request bodies, retry delays and response parsing."""
 
@@ -205,17 +212,19 @@ class _Base:
         if max_retries < 0 or max_retry_wait_s < 0:
             raise ValueError("max_retries and max_retry_wait_s must be >= 0")
         self.base_url = (base_url or os.environ.get("LONGDOC_URL") or DEFAULT_URL).rstrip("/")
-        self.api_key = api_key
+        # as the service does: a secret file's final newline is no part of the key (and no header may hold it)
+        self.api_key = api_key.strip() if api_key else None
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10.0)
         self.max_retries = max_retries
         self.max_retry_wait_s = max_retry_wait_s
 
-    def _headers(self, request_id: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+    def _headers(self, request_id: str | None) -> dict[bytes, bytes]:
+        """As UTF-8 bytes: httpx refuses a non-ASCII str header value; the service reads UTF-8 keys."""
+        headers = {b"Accept": b"application/json"}
         if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+            headers[b"Authorization"] = f"Bearer {self.api_key}".encode()
         if request_id:
-            headers["X-Request-ID"] = request_id
+            headers[b"X-Request-ID"] = request_id.encode()
         return headers
 
     def _delay(self, response: httpx.Response, attempt: int) -> float | None:
@@ -248,7 +257,10 @@ class _Base:
         top_k_chunks: int | None,
     ) -> dict[str, Any]:
         for index, text in enumerate([texts] if isinstance(texts, str) else texts):
-            _check_unicode(text, "text" if isinstance(texts, str) else f"texts[{index}]")
+            name = "text" if isinstance(texts, str) else f"texts[{index}]"
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+            _check_unicode(text, name)
         body: dict[str, Any] = {"text": texts} if isinstance(texts, str) else {"texts": texts}
         if return_chunks:
             body["return_chunks"] = True
@@ -382,7 +394,7 @@ class Client(_Base):
         request_id: str | None = None,
     ) -> list[Classification]:
         """Several documents in one request (at most the service's max_texts_per_request), in input order."""
-        body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
+        body = self._body(_text_list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
         response = self._request("POST", "/classify", body, request_id)
         return self._classifications(response)
 
@@ -470,7 +482,7 @@ class AsyncClient(_Base):
         top_k_chunks: int | None = None,
         request_id: str | None = None,
     ) -> list[Classification]:
-        body = self._body(list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
+        body = self._body(_text_list(texts), return_chunks, aggregation, max_chunks, top_k_chunks)
         response = await self._request("POST", "/classify", body, request_id)
         return self._classifications(response)
 

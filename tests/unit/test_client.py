@@ -270,3 +270,42 @@ def test_cli_reads_standard_input_strictly_and_reports_bad_bytes_in_place(
     assert cli_main(["classify", "--url", "http://127.0.0.1:9", "--no-progress", "-"]) == 1
     out = capsys.readouterr().out
     assert "read_error" in out and "can't decode byte 0xe9" in out
+
+
+def test_keys_the_service_takes_the_client_sends(tiny_model_dir: Path, fake_engine: FakeEngine) -> None:
+    """A non-ASCII key (httpx refuses a non-ASCII str header: sent as UTF-8) and a key read from a secret
+    file with its final newline (dropped on both sides); misuse of the text arguments is a TypeError."""
+    for server_key, client_key in (("clé-ü", "clé-ü"), ("s3cret", "s3cret\n")):
+        app = create_app(settings(tiny_model_dir, api_key=server_key), engine=fake_engine)
+        with TestClient(app) as http, Client("http://testserver", api_key=client_key, http_client=http) as client:
+            assert client.classify("a text", request_id="req-1").request_id == "req-1"
+            with pytest.raises(TypeError, match="classify_many takes a list of texts; for one text use classify"):
+                client.classify_many("one text")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got NoneType"):
+                client.classify_many(["fine", None])  # type: ignore[list-item]
+
+
+def test_cli_reads_a_file_as_its_bytes_and_names_any_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CRLF stays CRLF (chunk offsets point into the file, as for '-'); a file name that is not UTF-8 is
+    shown with \\x escapes; a server that is not there is named with the URL tried."""
+    import io
+    import os
+    import sys
+
+    from app.cli import main as cli_main
+    from longdoc.cli_classify import _read
+
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"one\r\ntwo\r\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\r\ntwo\r\n")))
+    assert _read(str(crlf)) == _read("-") == "one\r\ntwo\r\n"
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt")
+    Path(odd).write_text("text", encoding="utf-8")
+    assert cli_main(["classify", "--url", "http://127.0.0.1:9", "--no-progress", "--json", odd]) == 1
+    line = capsys.readouterr().out
+    assert "caf\\\\xe9.txt" in line and "connection_error" in line and "http://127.0.0.1:9/classify" in line
+    with pytest.raises(SystemExit):
+        cli_main(["classify", "--timeout", "0", odd])
+    assert "--timeout: must be a positive number of seconds, got 0" in capsys.readouterr().err
