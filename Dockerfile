@@ -77,7 +77,7 @@ RUN test -f "${LONGDOC_MODEL_DIR}/config.json" \
 USER 10001:10001
 # ... and that user must be able to read every model file: COPY keeps the modes of the build context, and
 # a model written under umask 077 (root's 0600) would fail every start with "Permission denied".
-RUN cat "${LONGDOC_MODEL_DIR}"/* > /dev/null \
+RUN find "${LONGDOC_MODEL_DIR}" -type f -exec cat {} + > /dev/null \
     || { echo "the model files are not readable by uid 10001: chmod -R a+rX model_store, then build again" >&2; exit 1; }
 WORKDIR /home/longdoc
 EXPOSE 8000

@@ -75,7 +75,8 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
     # A non-ASCII key arrives as UTF-8 from curl, as Latin-1 from requests, browsers and Node: take either.
     expected = {key.encode(), key.encode("latin-1")} if _latin1(key) else {key.encode()}
     authorization = request.headers.get("authorization", "")
-    bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    # strip(" \t"), not strip(): the Latin-1 text of a UTF-8 key may end in 0x85 or 0xA0, which str.strip eats
+    bearer = authorization[7:].strip(" \t") if authorization.lower().startswith("bearer ") else ""
     # Either header may carry it: huggingface_hub's InferenceClient sends the user's HF token as Bearer,
     # so a right X-API-Key must not lose to an unrelated Authorization header.
     candidates = [request.headers.get("x-api-key", ""), bearer]

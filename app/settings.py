@@ -192,8 +192,9 @@ class Settings(BaseSettings):
         return self
 
 
-# What Kubernetes service links define for a Service named longdoc (the manifests turn them off): not settings.
-_SERVICE_LINKS = re.compile(r"LONGDOC_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+# What Kubernetes service links define for a Service named longdoc (the manifests turn them off), and the
+# Python client's own variable: not settings.
+_NOT_SETTINGS = re.compile(r"LONGDOC_(URL|SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
 
 
 def unknown_settings(environ: Mapping[str, str]) -> list[str]:
@@ -201,8 +202,9 @@ def unknown_settings(environ: Mapping[str, str]) -> list[str]:
     ignores them, so a misspelt LONGDOC_APIKEY would serve without a key and say nothing."""
     known = [f"LONGDOC_{name.upper()}" for name in Settings.model_fields]
     found = []
-    for name in sorted(environ):
-        if name.startswith("LONGDOC_") and name not in known and not _SERVICE_LINKS.fullmatch(name):
+    for name in sorted(environ):  # pydantic-settings reads the names case-insensitively
+        upper = name.upper()
+        if upper.startswith("LONGDOC_") and upper not in known and not _NOT_SETTINGS.fullmatch(upper):
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
             found.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
     return found

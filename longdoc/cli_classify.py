@@ -73,10 +73,13 @@ def _error(exc: Exception) -> dict[str, str]:
 
 
 def _url(exc: httpx.HTTPError) -> str:
+    """The URL tried, without any user:password in it (error lines end up in logs)."""
     try:
-        return str(exc.request.url)
+        url = exc.request.url
     except RuntimeError:  # an error raised before a request existed
         return "the service"
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}{url.path}"
 
 
 def _json_line(name: str, outcome: Classification | Exception) -> str:

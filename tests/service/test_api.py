@@ -416,6 +416,9 @@ async def test_api_key(client_factory: ClientFactory, fake_engine: FakeEngine) -
         assert (await client.post("/classify", json={"text": "a"}, headers=latin1)).status_code == 200
         wrong = {"X-API-Key": b"cle-u"}
         assert_error(await client.post("/classify", json={"text": "a"}, headers=wrong), 401, "unauthorized")
+    async with client_factory(engine=fake_engine, api_key="secretà") as client:  # UTF-8 ends in 0xA0
+        bearer = {"Authorization": b"Bearer " + "secretà".encode()}
+        assert (await client.post("/classify", json={"text": "a"}, headers=bearer)).status_code == 200
     async with client_factory(engine=fake_engine, api_key="s3cret\n") as client:  # a secret file's newline
         ok = await client.post("/classify", json={"text": "a"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
@@ -549,6 +552,7 @@ def test_unknown_settings_are_named_with_the_one_meant() -> None:
     from app.settings import unknown_settings
 
     environ = {"LONGDOC_APIKEY": "k", "LONGDOC_MAX_BATCH_TOKENS": "1", "LONGDOC_WIBBLE": "1", "PATH": "/bin"}
+    environ |= {"LONGDOC_Max_Wait_Ms": "2", "LONGDOC_URL": "http://x"}  # read case-blind; the client's variable
     environ |= {"LONGDOC_SERVICE_HOST": "10.0.0.1", "LONGDOC_PORT_80_TCP_ADDR": "10.0.0.1"}  # Kubernetes' links
     assert unknown_settings(environ) == ["LONGDOC_APIKEY (did you mean LONGDOC_API_KEY?)", "LONGDOC_WIBBLE"]
 

@@ -303,9 +303,10 @@ def test_cli_reads_a_file_as_its_bytes_and_names_any_file(
     assert _read(str(crlf)) == _read("-") == "one\r\ntwo\r\n"
     odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt")
     Path(odd).write_text("text", encoding="utf-8")
-    assert cli_main(["classify", "--url", "http://127.0.0.1:9", "--no-progress", "--json", odd]) == 1
+    assert cli_main(["classify", "--url", "http://me:pw@127.0.0.1:9", "--no-progress", "--json", odd]) == 1
     line = capsys.readouterr().out
     assert "caf\\\\xe9.txt" in line and "connection_error" in line and "http://127.0.0.1:9/classify" in line
+    assert "pw" not in line  # the URL tried, without its credentials
     with pytest.raises(SystemExit):
         cli_main(["classify", "--timeout", "0", odd])
     assert "--timeout: must be a positive number of seconds, got 0" in capsys.readouterr().err
