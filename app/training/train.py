@@ -517,7 +517,7 @@ def train_model(
             loss = _step_loss(model, batch, config, pad_id, rng, loss_fn)
             if not torch.isfinite(loss):  # nothing after this step could recover: stop, don't save NaNs
                 raise ValueError(
-                    f"{description}: the training loss became {float(loss)} in epoch {epoch} (documents "
+                    f"{description}: the training loss became {float(loss.detach())} in epoch {epoch} (documents "
                     f"{step_start + 1}-{step_start + len(batch)} of the shuffled order); lower --lr, or check "
                     "the base checkpoint's weights"
                 )
