@@ -60,7 +60,9 @@ def get_service(request: Request) -> ClassifierService:
     service: ClassifierService | None = request.app.state.service
     if service is None:
         raise NotReady("the model is still loading")
-    if service.draining:
+    # A request that arrived before the drain began is answered (the drain waits for it), however long its
+    # body took to upload; only one that arrived after it is sent on to another replica.
+    if service.draining and not getattr(request.state, "accepted_before_drain", False):
         raise Draining("the service is draining for shutdown; retry on another replica")
     if not service.batcher.running:
         raise NotReady("the inference worker is not running")

@@ -94,6 +94,7 @@ class RequestContextMiddleware:
             return message
 
         counted = not self.in_flight.draining
+        state["accepted_before_drain"] = counted  # its answer is owed, even if its body is still arriving
         if counted:
             self.in_flight.enter()
         try:

@@ -489,13 +489,39 @@ async def test_overload_gives_429_with_retry_after(client_factory: ClientFactory
 
 async def test_draining_answers_503(client_factory: ClientFactory, fake_engine: FakeEngine) -> None:
     async with client_factory(engine=fake_engine) as client:
-        client.app.state.service.draining = True  # type: ignore[attr-defined]
+        app = client.app  # type: ignore[attr-defined]
+        app.state.service.draining = app.state.in_flight.draining = True  # what SIGTERM does
         assert_error(await client.get("/health"), 503, "draining")
         assert_error(await client.post("/classify", json={"text": "a"}), 503, "draining")
         assert (await client.get("/health/live")).status_code == 200
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_ready") == 0
     assert metric_value(metrics, "longdoc_rejected_total", reason="draining") == 1  # the /classify, not the probe
+
+
+async def test_a_request_uploading_when_the_drain_begins_is_answered(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    uploading = asyncio.Event()
+    drain_began = asyncio.Event()
+
+    async def slow_body() -> Any:
+        yield b'{"text": "arrived before '
+        uploading.set()
+        await drain_began.wait()
+        yield b'the drain"}'
+
+    async with client_factory(engine=fake_engine) as client:
+        app = client.app  # type: ignore[attr-defined]
+        pending = asyncio.ensure_future(
+            client.post("/classify", content=slow_body(), headers={"content-type": "application/json"})
+        )
+        await uploading.wait()
+        app.state.service.draining = app.state.in_flight.draining = True  # what SIGTERM does
+        drain_began.set()
+        answered = await pending
+        assert answered.status_code == 200, answered.text
+        assert_error(await client.post("/classify", json={"text": "after"}), 503, "draining")
 
 
 async def test_multi_label_model_lists_labels_over_threshold(tmp_path: Path, client_factory: ClientFactory) -> None:

@@ -130,7 +130,7 @@ async def test_compat_errors_keep_longdoc_statuses(client_factory: ClientFactory
         too_many = await client.post("/predict", json={"inputs": [["a"], ["b"], ["c"]]}, headers=key)
         assert_tei_error(too_many, 413, "Validation", "max_texts_per_request 2")
         assert (await client.post("/predict", json={"inputs": "a"}, headers=key)).status_code == 200
-        client.app.state.service.draining = True  # type: ignore[attr-defined]
+        client.app.state.service.draining = client.app.state.in_flight.draining = True  # type: ignore[attr-defined]
         assert_tei_error(await client.post("/predict", json={"inputs": "a"}, headers=key), 503, "Unhealthy", "draining")
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_rejected_total", reason="unauthorized") == 4
