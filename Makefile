@@ -11,9 +11,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup serve test test-tools lint bench train clean
 
+# torch==2.13.0 is the CPU build where pip finds it locally (this project's machines). Elsewhere PyPI's Linux
+# wheel is the multi-GB CUDA build: `make serve TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` installs
+# torch from that index first, as the Dockerfile does (2.13.0+cpu then satisfies the pin).
+TORCH_INDEX_URL ?=
 $(BIN)/longdoc: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(if $(TORCH_INDEX_URL),$(PIP) install -q --index-url '$(TORCH_INDEX_URL)' "$$(grep '^torch==' constraints.txt)")
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -38,7 +43,7 @@ bench: setup
 	$(BIN)/longdoc bench
 
 # Rebuild the bundled default model from the committed data (final fit, cross-validation, seed spread; about
-# 20 min on 2 CPU cores, the final fit alone about 3). docs/training.md says how this recipe was chosen.
+# 30 min on 2 CPU cores, the final fit alone about 3). docs/training.md says how this recipe was chosen.
 train: setup
 	$(BIN)/longdoc train --data data/hyperpartisan/train.jsonl --output model_store/hyperpartisan-minilm \
 	  --k-fold 5 --seed-spread 3 --eval-strides 0 64 --eval-int8 --max-length 256 --stride 0 --pooling mean \

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="When set, /classify requires this key.")
     auth_metrics: bool = Field(False, description="Also require the API key for /metrics and /info.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Allowed CORS origins (none)."
+        default_factory=list, description="Allowed CORS origins, comma-separated or a JSON list (none: CORS off)."
     )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     host: str = Field("0.0.0.0", description="Bind address for `longdoc serve`.")

@@ -123,6 +123,14 @@ class ServiceInfo:
     version: str
     max_document_chars: int
     max_texts_per_request: int
+    # Optional, so that this client still reads a server that does not report them.
+    window_tokens: int | None = None
+    threshold: float | None = None
+    num_threads: int | None = None
+    max_batch_tokens: int | None = None
+    max_padding_ratio: float | None = None
+    max_batch_size: int | None = None
+    max_queue_chunks: int | None = None
 
 
 def _check_unicode(text: str, where: str) -> None:

@@ -8,6 +8,7 @@ import itertools
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from asgi_lifespan import LifespanManager
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.schemas import InfoResponse
 from app.settings import Settings
 from longdoc.cli_classify import format_table
-from longdoc.client import APIError, AsyncClient, Chunk, Classification, Client, LabelScore, retry_after
+from longdoc.client import APIError, AsyncClient, Chunk, Classification, Client, LabelScore, ServiceInfo, retry_after
 from tests.conftest import FakeEngine, long_text
 from tests.service.test_api import metric_value
 
@@ -40,6 +42,9 @@ def test_sync_client_typed_results(tiny_model_dir: Path, fake_engine: FakeEngine
         with pytest.raises(APIError) as refused:
             Client("http://testserver", http_client=http).classify("no key")
     assert info.model == "fake" and info.labels == ["negative", "positive"]
+    # every field /info sends reaches the typed result (none silently dropped)
+    assert {f.name for f in fields(ServiceInfo)} == set(InfoResponse.model_fields)
+    assert info.max_batch_tokens == 1024 and info.window_tokens is not None and info.window_tokens > 0
     assert isinstance(result, Classification) and result.request_id == "req-1"
     assert result.label in info.labels and isinstance(result.scores[0], LabelScore)
     assert result.chunks is not None and len(result.chunks) == result.num_chunks > 1

@@ -30,3 +30,15 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_model_store_stays_small() -> None:
     size = sum(p.stat().st_size for p in (REPO / "model_store").rglob("*") if p.is_file())
     assert size < 100 * 1024 * 1024, f"model_store/ is {size / 2**20:.0f} MB"
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    """A moved or renamed page must not leave the README or another page pointing at nothing."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            path = target.split("#", 1)[0]
+            if path and "://" not in path and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
