@@ -146,6 +146,11 @@ def _eval_report(args: argparse.Namespace) -> dict[str, object]:
 
     examples = load_examples(args.data)
     loaded = load_model(args.model, device="cpu", quantize=args.quantize)
+    if loaded.multi_label:  # every metric here is single-label (one argmax per document): it would mislead
+        raise ValueError(
+            f"{args.model} is a multi-label model (problem_type multi_label_classification); longdoc eval scores "
+            "single-label models only"
+        )
     meta = read_model_metadata(args.model)
     max_length = args.max_length or int(meta.get("max_length", min(512, loaded.max_positions)))  # as the service
     if max_length > loaded.max_positions:

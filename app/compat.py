@@ -19,7 +19,14 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import GuardedRoute, ServiceDep, classify_until_disconnect, error_responses
-from app.errors import REJECTION_STATUSES, InvalidInput, LongdocError, http_error_message, validation_message
+from app.errors import (
+    BODY_REJECTIONS,
+    REJECTION_STATUSES,
+    InvalidInput,
+    LongdocError,
+    http_error_message,
+    validation_message,
+)
 from app.schemas import ClassifyBatchResult, ClassifyRequest, ClassifyResult
 from app.service import ClassifierService
 
@@ -64,7 +71,7 @@ class CompatRoute(GuardedRoute):
                 status, _, message = validation_message(exc)
                 return tei_error(request, status, message)
             except StarletteHTTPException as exc:
-                reason = "body_too_large" if exc.status_code == 413 else None
+                reason = BODY_REJECTIONS.get(exc.status_code)
                 message = http_error_message(exc, request)
                 return tei_error(request, exc.status_code, message, exc.headers, reason)
             except Exception as exc:

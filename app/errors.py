@@ -78,12 +78,15 @@ class InferenceFailed(LongdocError):
 
 
 REJECTION_STATUSES = frozenset({401, 413, 429, 503, 504})
+# the rejection reasons of the body checks that run while a body streams in (app/middleware.py)
+BODY_REJECTIONS = {413: "body_too_large", 408: "body_timeout"}
 
 HTTP_ERROR_TYPES = {
     404: "not_found",
     405: "method_not_allowed",
     400: "bad_request",
     401: "unauthorized",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -133,8 +136,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-        if exc.status_code == 413:
-            request.app.state.metrics.rejected.labels(reason="body_too_large").inc()
+        reason = BODY_REJECTIONS.get(exc.status_code)
+        if reason is not None:
+            request.app.state.metrics.rejected.labels(reason=reason).inc()
         return JSONResponse(
             error_body(error_type, http_error_message(exc, request)),
             exc.status_code,

@@ -106,7 +106,11 @@ def create_app(
     app.include_router(demo.router)  # before compat: HEAD / (an uptime check) is the page's, not POST /'s
     app.include_router(compat.router)
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, in_flight=in_flight
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        in_flight=in_flight,
     )
     if settings.cors_origins:  # outermost (added last): the context middleware's own 413 and 500 carry CORS too
         app.add_middleware(

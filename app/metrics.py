@@ -20,6 +20,7 @@ REJECTION_REASONS = (
     "unauthorized",
     "payload_too_large",
     "body_too_large",
+    "body_timeout",
     "too_many_chunks",
     "queue_full",
     "no_room",

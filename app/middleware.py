@@ -25,11 +25,26 @@ access_log = logging.getLogger("longdoc.access")
 REQUEST_ID_HEADER = b"x-request-id"
 
 
+# A refused upload is not read to its end: the connection closes after the answer, else the server would
+# read and discard the rest of a body it has already refused before serving the next request.
+CLOSE = {"Connection": "close"}
+
+
 class BodyTooLarge(HTTPException):
     """Raised from `receive` when a streamed body passes max_body_bytes (FastAPI re-raises HTTPException)."""
 
     def __init__(self, limit: int, received: int) -> None:
-        super().__init__(413, f"request body passed max_body_bytes {limit} (received {received} bytes so far)")
+        message = f"request body passed max_body_bytes {limit} (received {received} bytes so far)"
+        super().__init__(413, message, headers=CLOSE)
+
+
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when a body stops arriving: a stalled upload would otherwise hold its request
+    (and a drain waiting for it) forever, since request_timeout_s starts only once the body is in."""
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        message = f"no request body bytes arrived for body_timeout_s {timeout_s:g} s (received {received} bytes)"
+        super().__init__(408, message, headers=CLOSE)
 
 
 class InFlight:
@@ -57,10 +72,13 @@ class InFlight:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, in_flight: InFlight) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, body_timeout_s: float, in_flight: InFlight
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,13 +100,20 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode("latin-1"))]
             await send(message)
 
-        received = 0
+        received, body_complete = 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later calls wait for a disconnect while the request runs: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout_s, received) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes, received)
             return message
@@ -108,6 +133,7 @@ class RequestContextMiddleware:
                         "payload_too_large",
                         f"request body of {int(declared)} bytes exceeds max_body_bytes {self.max_body_bytes}",
                     ),
+                    close=True,
                 )
             else:
                 await self.app(scope, limited_receive, send_with_id)
@@ -161,13 +187,10 @@ def _endpoint(scope: Scope) -> str:
     return str(getattr(best, "metrics_endpoint", scope.get("path", "unmatched")))
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -239,15 +239,19 @@ def load_model(
         raise ValueError("quantize=int8 (dynamic quantization) runs on the CPU only; use device=cpu")
     if quantize == "int8" and torch_dtype != torch.float32:
         raise ValueError("quantize=int8 needs dtype float32 (the quantized Linear layers compute in fp32)")
+    if not has_tokenizer_files(model_dir):
+        raise ValueError(f"model_dir {model_dir} holds no tokenizer ({', '.join(TOKENIZER_FILES)} or *.model)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, use_fast=True)
     metadata = read_model_metadata(model_dir)
+    # No attn_implementation: transformers takes SDPA where the architecture has it, eager elsewhere
+    # (DeBERTa-v2, MPNet), so every BERT-family checkpoint loads.
     model = with_pooling(
-        AutoModelForSequenceClassification.from_pretrained(
-            model_dir, local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
-        ),
+        AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch_dtype),
         model_pooling(config, metadata, model_dir),
     )
+    check_vocabulary(model, tokenizer, model_dir)
+    max_positions = position_limit(model)
     model.eval()
     if quantize == "int8":
         model = quantize_int8(model)
@@ -259,7 +263,7 @@ def load_model(
         tokenizer=tokenizer,
         labels=labels,
         multi_label=config.problem_type == "multi_label_classification",
-        max_positions=position_limit(config),
+        max_positions=max_positions,
         pad_id=int(pad_id),
         device=torch_device,
         dtype=torch_dtype,
@@ -270,9 +274,36 @@ def load_model(
     )
 
 
-def position_limit(config: Any) -> int:
-    """Longest window the model's position embeddings allow (RoBERTa reserves padding_idx + 1 slots)."""
-    limit = int(getattr(config, "max_position_embeddings", 512))
-    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
-        limit -= int(getattr(config, "pad_token_id", 1)) + 1
+def position_limit(model: Any) -> int:
+    """Longest window the model's position embeddings allow.
+
+    Read from the table itself where there is one: RoBERTa-style embeddings (RoBERTa, XLM-R, CamemBERT,
+    data2vec-text, ...) number positions from padding_idx + 1, so 514 rows hold 512 positions; a window
+    one token longer indexes past the table (an IndexError on the first long document, not at start-up).
+    """
+    limit = int(getattr(model.config, "max_position_embeddings", 512))
+    table = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+    if isinstance(table, torch.nn.Embedding):
+        offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+        limit = min(limit, table.num_embeddings - offset)
     return limit
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def has_tokenizer_files(model_dir: Path) -> bool:
+    """Whether the directory carries a tokenizer: without one, transformers builds a near-empty tokenizer
+    that reads every word as [UNK], and a model would train or serve on nothing but unknown tokens."""
+    return any((model_dir / name).is_file() for name in TOKENIZER_FILES) or any(model_dir.glob("*.model"))
+
+
+def check_vocabulary(model: Any, tokenizer: Any, model_dir: Path) -> None:
+    """A tokenizer that can emit ids past the embedding table (one copied from another checkpoint) fails
+    only on the first text that uses such a token: refuse it when it is loaded."""
+    rows = int(model.base_model.get_input_embeddings().num_embeddings)
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer in {model_dir} has {len(tokenizer)} tokens but the model's embedding table only {rows} "
+            "rows: the tokenizer belongs to another checkpoint"
+        )

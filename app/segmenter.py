@@ -7,6 +7,7 @@ token ids, so nothing is ever truncated and overlaps cost no second tokenization
 
 from __future__ import annotations
 
+import logging
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from tokenizers import Encoding, Tokenizer
 
 _PROBE_TEXT = "longdoc probe text"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,12 @@ class Segmenter:
         backend.no_padding()
         self._backend = backend
         self.prefix, self.suffix = _special_frame(backend)
+        if not self.prefix and not self.suffix and (tokenizer.cls_token or tokenizer.bos_token):
+            log.warning(
+                "the tokenizer defines %s but adds no special tokens to a text (saved without its post-processor?): "
+                "every window goes to the model without them, and a [CLS]-pooled head reads a content token",
+                tokenizer.cls_token or tokenizer.bos_token,
+            )
         self.max_length = max_length
         self.window = max_length - len(self.prefix) - len(self.suffix)
         if self.window < 1:

@@ -100,6 +100,9 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+GRACE_AFTER_DRAIN_S = 5
+
+
 def serve(host: str | None = None, port: int | None = None, model_dir: Path | None = None) -> int:
     overrides: dict[str, object] = {}
     if host is not None:
@@ -121,7 +124,10 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
         access_log=False,
         log_config=None,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        # uvicorn's own wait comes after the drain (which already waited up to drain_timeout_s for every
+        # accepted request): what is left then is uncounted (an upload begun during the drain) or past its
+        # deadline, and a long wait would only push the exit past Kubernetes' grace period (a SIGKILL).
+        timeout_graceful_shutdown=GRACE_AFTER_DRAIN_S,
     )
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()

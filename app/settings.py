@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body in bytes.")
+    body_timeout_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="Longest pause while a request body uploads; then 408."
+    )
     request_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False, description="Deadline from arrival; then 504.")
     drain_timeout_s: float = Field(630.0, gt=0, allow_inf_nan=False, description="Longest drain after SIGTERM.")
     startup_timeout_s: float = Field(

@@ -88,7 +88,14 @@ def _csv_examples(path: Path, content: str) -> list[Example]:
                 header = row
                 missing = {"text", "label"} - set(header)
                 if missing:
-                    raise DataError(f"{where}: header lacks column(s) {sorted(missing)}")
+                    hint = " (a ';'-separated file? longdoc reads ','-separated CSV)" if len(header) == 1 else ""
+                    raise DataError(
+                        f"{where}: header lacks column(s) {sorted(missing)}; it has {header}{hint} (names are "
+                        "case-sensitive)"
+                    )
+                repeated = sorted({name for name in header if header.count(name) > 1})
+                if repeated:
+                    raise DataError(f"{where}: header names column(s) {repeated} more than once")
                 continue
             if not row:  # a blank line
                 continue

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from app.model import position_limit, quantize_int8
+from app.model import TOKENIZER_FILES, has_tokenizer_files, position_limit, quantize_int8
 from app.segmenter import Segmenter
 from app.training.card import write_model_card
 from app.training.data import DataError, Example, load_examples, write_json
@@ -103,18 +103,24 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         torch.set_num_threads(config.num_threads)
     examples = load_examples(options.data)  # fails on a bad line before any training
     labels = label_order({e.label for e in examples})
+    folded = Counter(label.casefold() for label in labels)
+    if any(count > 1 for count in folded.values()):
+        log.warning("labels that differ only in case are separate classes: %s", labels)
     label2id = {label: i for i, label in enumerate(labels)}
     _check_run(options, examples, labels)
     # The whole network as the recipe builds it: a bad layer count or head fails here, before any training.
     tokenizer, network = load_base_model(options.base_model, labels, config.pooling, config.encoder_layers)
-    limit = position_limit(network.config)
+    limit = position_limit(network)
     if config.max_length > limit:
         raise DataError(
             f"max_length {config.max_length} is over the {limit} positions of the base {options.base_model}"
         )
     freeze_encoder_layers(network, config.freeze_layers)  # a count the encoder has not: refused now
     del network
-    segmenter = Segmenter(tokenizer, config.max_length, config.stride)
+    try:
+        segmenter = Segmenter(tokenizer, config.max_length, config.stride)
+    except ValueError as exc:  # e.g. a short --max-length with the default --stride
+        raise DataError(f"--max-length {config.max_length} --stride {config.stride}: {exc}") from None
     for stride in options.eval_strides:  # a bad one would otherwise fail after the training
         try:
             Segmenter(tokenizer, config.max_length, stride)
@@ -182,6 +188,16 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
     """Refuse, before any training, what would otherwise fail late or quietly produce a useless model."""
     if not (options.base_model / "config.json").is_file():
         raise DataError(f"base {options.base_model} is not a model checkpoint directory (no config.json)")
+    if not has_tokenizer_files(options.base_model):
+        raise DataError(
+            f"base {options.base_model} holds no tokenizer ({', '.join(TOKENIZER_FILES)} or *.model): copy the "
+            "tokenizer files of the checkpoint it came from next to its weights"
+        )
+    if options.base_model.resolve() == options.output.resolve():
+        raise DataError(
+            f"--base and --output are the same directory ({options.output}): the final fit would replace the "
+            "base that every cross-validation fold then starts from; write the new model to another directory"
+        )
     if len(labels) < 2:
         raise DataError(f"{options.data}: a classifier needs at least two labels, found only {labels}")
     k = options.k_fold
@@ -541,6 +557,6 @@ def _warn_unknown_tokens(docs: Sequence[EncodedDoc], tokenizer: Any) -> None:
 
 def label_order(labels: set[str]) -> list[str]:
     """Class ids in numeric order (2 before 10: JSONL integers and CSV digits), other labels sorted."""
-    if all(label.lstrip("-").isdigit() for label in labels):
+    if all(label.lstrip("-").isdecimal() for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)

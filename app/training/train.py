@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from app.aggregate import Aggregation, aggregate
-from app.model import Pooling, pad_chunks, with_pooling
+from app.model import Pooling, check_vocabulary, pad_chunks, with_pooling
 from app.segmenter import Segmenter
 from app.training.data import DataError, Example
 
@@ -116,6 +116,10 @@ class TrainResult:
     best_epoch: int = 0
 
 
+# A folded probe weight above this means near-constant features scaled up: LP-FT from it is unstable.
+LARGE_PROBE_WEIGHT = 50.0
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same threads, same data -> same weights on CPU."""
     random.seed(seed)
@@ -189,7 +193,6 @@ def load_base_model(
             base_dir,
             config=config,
             local_files_only=True,
-            attn_implementation="sdpa",
             # float32 whatever the checkpoint's config says: a model longdoc saved (fp16) or a bf16 hub base
             # would otherwise train in half precision on the CPU, where AdamW turns every weight into NaN
             dtype=torch.float32,
@@ -199,6 +202,7 @@ def load_base_model(
     finally:
         hf_logging.set_verbosity(previous)
     _log_loading(base_dir, info, model.base_model_prefix)
+    check_vocabulary(model, tokenizer, base_dir)
     return tokenizer, with_pooling(model, pooling)
 
 
@@ -383,6 +387,13 @@ def fit_probe_head(model: Any, docs: Sequence[EncodedDoc], pad_id: int, num_labe
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
     _check_half_precision(features, weight, bias)
+    if config.epochs and float(np.abs(weight).max()) > LARGE_PROBE_WEIGHT:
+        log.warning(
+            "probe head: weights up to %.0f (its input features barely vary, e.g. a saturated [CLS] pooler): "
+            "fine-tuning from it tends to diverge; --pooling mean, --epochs 0 or --val-fraction (which keeps the "
+            "probe unless an epoch beats it) are safer",
+            float(np.abs(weight).max()),
+        )
     return float(probe.score(standardised, labels))
 
 
@@ -430,14 +441,31 @@ def _step_loss(
     return loss_fn(doc_logits, torch.tensor([d.label for d in batch]))  # type: ignore[no-any-return]
 
 
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> float:
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Mean F1 over the labels that occur (true or predicted), as scikit-learn and `longdoc eval` count it."""
     scores = []
-    for label in range(num_labels):
+    for label in sorted(set(y_true) | set(y_pred)):
         tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p == label)
         fp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if p == label != t)
         fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == label != p)
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(scores))
+
+
+def _validation_scores(
+    model: Any, val_docs: Sequence[EncodedDoc], pad_id: int, config: TrainConfig
+) -> dict[str, float]:
+    """Macro-F1 and accuracy of the model's documents as the service decides them (same aggregation)."""
+    predictions = predict_chunk_logits(model, val_docs, pad_id)
+    y_pred = [
+        int(aggregate(p, torch.tensor(d.token_counts), config.aggregation).argmax())
+        for p, d in zip(predictions, val_docs, strict=True)
+    ]
+    y_true = [d.label for d in val_docs]
+    return {
+        "val_macro_f1": macro_f1(y_true, y_pred),
+        "val_accuracy": float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)])),
+    }
 
 
 def held_out_count(label_count: int, fraction: float) -> int:
@@ -499,6 +527,13 @@ def train_model(
     rng = random.Random(config.seed)
     result = TrainResult(model=model)
     best_f1, best_state, stale = -1.0, None, 0
+    if val_docs and config.head_init == "probe" and config.epochs:
+        # The probe is a model already (LP-FT's starting point): fine-tuning must beat it to replace it.
+        probe_record = {"epoch": 0.0, **_validation_scores(model, val_docs, pad_id, config)}
+        best_f1, result.best_epoch = probe_record["val_macro_f1"], 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result.history.append(probe_record)
+        log.info("%s probe (epoch 0): %s", description, probe_record)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = list(range(len(train_docs)))
@@ -535,14 +570,7 @@ def train_model(
         bar.close()
         record = {"epoch": float(epoch), "train_loss": epoch_loss / max(seen, 1)}
         if val_docs:
-            predictions = predict_chunk_logits(model, val_docs, pad_id)
-            y_pred = [
-                int(aggregate(p, torch.tensor(d.token_counts), config.aggregation).argmax())
-                for p, d in zip(predictions, val_docs, strict=True)
-            ]
-            y_true = [d.label for d in val_docs]
-            record["val_macro_f1"] = macro_f1(y_true, y_pred, len(labels))
-            record["val_accuracy"] = float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)]))
+            record.update(_validation_scores(model, val_docs, pad_id, config))
             if record["val_macro_f1"] > best_f1:
                 best_f1, stale, result.best_epoch = record["val_macro_f1"], 0, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -137,3 +139,23 @@ def test_bounded_soak_no_5xx_and_flat_memory(tmp_path: Path, tiny_model_dir: Pat
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[200] > 100 and set(statuses) <= {200, 400, 415, 422}
     assert after - before < max(50.0, 0.1 * before), (before, after)
+
+
+def test_a_stalled_upload_is_answered_408_and_its_connection_closed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Through a real uvicorn socket: headers and half a body, then silence. The client gets a JSON 408
+    and the server closes the connection, instead of holding both until the client's side gives up."""
+    port = free_port()
+    with longdoc_serve(port, tmp_path / "stall.log", model_dir=tiny_model_dir, body_timeout_s=1):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+            stalled.sendall(
+                b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"text": "half'
+            )
+            answer = b""
+            while chunk := stalled.recv(65536):  # b"" once the server has closed the connection
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+        assert json.loads(body)["error"]["type"] == "request_timeout"
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'longdoc_rejected_total{reason="body_timeout"} 1.0' in metrics

@@ -251,6 +251,42 @@ async def test_a_client_leaving_mid_upload_is_a_499_not_an_error(fake_engine: Fa
     assert sent[0]["status"] == 499
 
 
+async def test_a_stalled_upload_is_a_408_that_closes_the_connection(
+    wordpiece_tokenizer: Any, tiny_model_dir: Any
+) -> None:
+    """Half a body, then nothing (a client gone behind a NAT): the request is answered 408 after
+    body_timeout_s, not held forever (request_timeout_s only starts once the body is in). A request whose
+    body is complete may run longer than body_timeout_s: its wait for a disconnect has no deadline."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)  # a forward pass outlasts body_timeout_s
+    app = create_app(Settings(model_dir=tiny_model_dir, body_timeout_s=0.3, warmup=False), engine=engine)
+    sent: list[dict[str, Any]] = []
+    first = True
+
+    async def stalled() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b'{"text": "half a bo', "more_body": True}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with LifespanManager(app) as manager:
+        await asyncio.wait_for(manager.app(classify_scope(), stalled, send), 10)
+        assert sent[0]["status"] == 408
+        assert (b"connection", b"close") in sent[0]["headers"]
+        error = json.loads(sent[1]["body"])["error"]
+        assert error["type"] == "request_timeout" and "body_timeout_s 0.3 s (received 19 bytes)" in error["message"]
+        metrics = app.state.metrics.registry
+        assert metrics.get_sample_value("longdoc_rejected_total", {"reason": "body_timeout"}) == 1
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as client:
+            answer = await client.post("/classify", json={"text": "good " * 30})
+        assert answer.status_code == 200
+
+
 async def test_a_cancel_landing_as_tokenization_ends_queues_nothing(
     fake_engine: FakeEngine, tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

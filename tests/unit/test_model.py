@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from app.cli import main as cli_main
 from app.model import load_model, pad_chunks
 from app.training.train import TrainConfig, encode_docs, train_model
-from tests.conftest import build_tiny_bert
+from tests.conftest import build_tiny_bert, minilm_dir
 from tests.unit.test_training import late_keyword_corpus
 
 MEAN_SERVING = {"max_length": 32, "stride": 0, "aggregation": "mean_logits", "pooling": "mean"}
@@ -116,3 +117,69 @@ def test_head_learning_rate_moves_the_head_while_a_zero_encoder_rate_keeps_the_e
     encoder_weight = "bert.encoder.layer.0.output.dense.weight"
     assert torch.equal(trained[encoder_weight], untouched[encoder_weight])
     assert not torch.equal(trained["classifier.weight"], untouched["classifier.weight"])
+
+
+def _save_tiny(model: Any, directory: Path) -> Path:
+    """A random checkpoint of any family, with the bundled base's WordPiece tokenizer beside it."""
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(directory, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(directory)
+    return directory
+
+
+def test_architectures_without_sdpa_load_and_classify(tmp_path: Path) -> None:
+    """DeBERTa-v2 (like MPNet) has no SDPA attention: the loader must not demand it."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    config = DebertaV2Config(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    loaded = load_model(_save_tiny(DebertaV2ForSequenceClassification(config), tmp_path / "deberta"), device="cpu")
+    ids = loaded.tokenizer("a window for a model without sdpa")["input_ids"]
+    assert loaded.forward([ids]).shape == (1, 2)
+
+
+def test_position_limit_comes_from_the_embedding_table(tmp_path: Path) -> None:
+    """data2vec-text numbers positions from padding_idx + 1 like RoBERTa, without being named RoBERTa:
+    66 rows hold 64 positions, and a window of exactly the limit runs."""
+    from transformers import Data2VecTextConfig, Data2VecTextForSequenceClassification
+
+    config = Data2VecTextConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+    )
+    loaded = load_model(_save_tiny(Data2VecTextForSequenceClassification(config), tmp_path / "d2v"), device="cpu")
+    assert loaded.max_positions == 64
+    assert loaded.forward([[101] + [2000] * 62 + [102]]).shape == (1, 2)
+    with pytest.raises((IndexError, RuntimeError)):  # what the service hit on its first long document
+        loaded.forward([[101] + [2000] * 63 + [102]])
+
+
+def test_a_tokenizer_from_another_checkpoint_is_refused_at_load(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    small = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    directory = _save_tiny(BertForSequenceClassification(small), tmp_path / "small-vocab")
+    with pytest.raises(ValueError, match=r"has 30522 tokens but the model's embedding table only 1000 rows"):
+        load_model(directory, device="cpu")
+
+
+def test_a_model_without_tokenizer_files_is_refused_at_load(tmp_path: Path) -> None:
+    directory = build_tiny_bert(tmp_path / "no-tokenizer")
+    for path in [*directory.glob("tokenizer*"), *directory.glob("vocab*"), *directory.glob("special_tokens*")]:
+        path.unlink()
+    with pytest.raises(ValueError, match=r"holds no tokenizer"):
+        load_model(directory, device="cpu")
+
+
+def test_eval_refuses_a_multi_label_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = build_tiny_bert(tmp_path / "multi", multi_label=True)
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "some words", "label": "positive"}) + "\n", encoding="utf-8")
+    assert cli_main(["eval", "--model", str(directory), "--data", str(data)]) == 2
+    assert "is a multi-label model" in capsys.readouterr().err

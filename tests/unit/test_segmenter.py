@@ -138,3 +138,22 @@ def test_tokenizing_a_long_text_lets_other_threads_run(wordpiece_tokenizer: Any)
         turns += 1
     worker.join()
     assert turns >= 20, f"the main thread ran only {turns} times while {len(text)} characters were tokenized"
+
+
+def test_a_tokenizer_saved_without_its_special_tokens_is_reported(
+    bpe_tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BPE tokenizer whose post-processor was lost still names <s>: windows without it are worth a warning."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(bpe_tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = None
+    bare = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    with caplog.at_level("WARNING", logger="app.segmenter"):
+        segmenter = Segmenter(bare, 32, 0)
+    assert segmenter.prefix == [] and segmenter.suffix == []
+    assert "adds no special tokens" in caplog.text and "<s>" in caplog.text
+    caplog.clear()
+    Segmenter(bpe_tokenizer, 32, 0)  # the intact tokenizer frames its windows: no warning
+    assert "adds no special tokens" not in caplog.text

@@ -32,6 +32,7 @@ from app.training.train import (
     TrainConfig,
     encode_docs,
     load_base_model,
+    macro_f1,
     predict_chunk_logits,
     train_model,
     validation_split,
@@ -246,7 +247,13 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
         ("empty.jsonl", '{"text": "  ", "label": "a"}\n', "empty.jsonl:1: 'text' is empty or whitespace only"),
         ("number.jsonl", '{"text": 7, "label": "a"}\n', "number.jsonl:1: 'text' must be a string, got int"),
         ("array.jsonl", "[1, 2]\n", "array.jsonl:1: expected a JSON object"),
-        ("cols.csv", "body,label\nx,a\n", "cols.csv:1: header lacks column(s) ['text']"),
+        ("cols.csv", "body,label\nx,a\n", "cols.csv:1: header lacks column(s) ['text']; it has ['body', 'label']"),
+        (
+            "semi.csv",
+            "text;label\nx;a\n",
+            "semi.csv:1: header lacks column(s) ['label', 'text']; it has ['text;label'] (a ';'",
+        ),
+        ("twice.csv", "text,text,label\nx,y,a\n", "twice.csv:1: header names column(s) ['text'] more than once"),
         ("rows.csv", 'text,label\n"fine",a\n"",b\n', "rows.csv:3: 'text' is empty or whitespace only"),
         ("span.csv", 'text,label\n"one\ntwo\nthree",\n', "span.csv:2-4: 'label' must be a non-empty string"),
         ("after.csv", 'text,label\n"a\nb",x\n" ",y\n', "after.csv:4: 'text' is empty"),
@@ -337,6 +344,11 @@ def _write_jsonl(path: Path, examples: list[Example]) -> Path:
             "--val-fraction 0.1 holds out no document of the 6 that the final",
         ),
         (["--base", "NO_WEIGHTS"], ("zebra", "giraffe"), "no file named model.safetensors"),
+        # transformers would build a near-empty tokenizer: every word [UNK], a run that "succeeds"
+        (["--base", "NO_TOKENIZER"], ("zebra", "giraffe"), "holds no tokenizer (tokenizer.json, vocab.txt"),
+        # the final fit would overwrite the base that every fold then starts from (inflated CV)
+        (["--base", "SELF", "--output", "SELF"], ("zebra", "giraffe"), "--base and --output are the same directory"),
+        (["--stride", "32"], ("zebra", "giraffe"), "--max-length 32 --stride 32: stride must satisfy 0 <= stride < 30"),
     ],
 )
 def test_train_refuses_what_would_fail_late_before_training(
@@ -352,10 +364,14 @@ def test_train_refuses_what_would_fail_late_before_training(
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine", encoding="utf-8")
     shutil.copytree(tiny_base, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(tiny_base, tmp_path / "no-tokenizer", ignore=shutil.ignore_patterns("tokenizer*", "vocab*"))
+    shutil.copytree(tiny_base, tmp_path / "self")
     places = {
         "NOT_A_MODEL": str(tmp_path / "not-a-model"),
         "FOREIGN": str(tmp_path / "foreign"),
         "NO_WEIGHTS": str(tmp_path / "no-weights"),
+        "NO_TOKENIZER": str(tmp_path / "no-tokenizer"),
+        "SELF": str(tmp_path / "self"),
     }
     args = ["train", "--data", str(data), "--base", str(tiny_base), "--output", str(tmp_path / "out")]
     args += ["--max-length", "32", "--stride", "0", "--no-progress", *(places.get(a, a) for a in extra)]
@@ -387,6 +403,9 @@ def test_macro_f1_leaves_out_labels_neither_present_nor_predicted() -> None:
     y_true, y_pred = [0, 1, 1, 0], [0, 1, 0, 0]
     metrics = classification_metrics(y_true, y_pred, ["neg", "neutral", "pos"])
     assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    # training's early stopping counts the same way (a label absent from the validation split is no 0)
+    assert macro_f1(y_true, y_pred) == pytest.approx(metrics["macro_f1"])
+    assert macro_f1([0, 0], [0, 0]) == 1.0
 
 
 def test_a_tie_keeps_the_trained_recipe() -> None:
@@ -800,3 +819,25 @@ def test_a_validation_split_too_small_for_a_fold_is_refused_before_training(
         "--val-fraction 0.1 holds out no document of the 6 that fold 1 trains on: raise it" in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_from_a_probe_must_beat_the_probe_to_replace_it(tiny_base: Path) -> None:
+    """LP-FT with a validation split scores the probe head as epoch 0: an epoch that makes the model worse
+    (here a learning rate that wrecks it) is not kept, the probe is."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    segmenter = Segmenter(tokenizer, 32, 0)
+    labels = {"giraffe": 0, "zebra": 1}
+    train_docs = encode_docs(segmenter, late_keyword_corpus(24, seed=3), labels)
+    val_docs = encode_docs(segmenter, late_keyword_corpus(16, seed=4), labels)
+    common = {"max_length": 32, "stride": 0, "pooling": "mean", "head_init": "probe", "docs_per_step": 4}
+    probe = train_model(tiny_base, list(labels), train_docs, TrainConfig(**common, epochs=0), progress=False)  # type: ignore[arg-type]
+    wrecked = TrainConfig(**common, epochs=1, learning_rate=0.5, warmup_ratio=0.0, early_stopping_patience=1)  # type: ignore[arg-type]
+    result = train_model(tiny_base, list(labels), train_docs, wrecked, val_docs=val_docs, progress=False)
+    assert [r["epoch"] for r in result.history] == [0, 1]
+    probe_f1, tuned_f1 = (r["val_macro_f1"] for r in result.history)
+    assert tuned_f1 < probe_f1 and result.best_epoch == 0
+    pad = int(tokenizer.pad_token_id)
+    kept, original = predict_chunk_logits(result.model, val_docs, pad), predict_chunk_logits(probe.model, val_docs, pad)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept, original, strict=True))
