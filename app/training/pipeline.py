@@ -149,7 +149,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
             "config": config.as_dict(),
             "labels": labels,
             "examples": len(examples),
-            "base_model": str(options.base_model),
+            "base_model": str(options.base_model.resolve()),  # found again from any working directory
             "base_sha256": base_fingerprint(options.base_model),
             "command": command,
             "data_sha256": data_sha256,

@@ -213,7 +213,7 @@ def _log_loading(base_dir: Path, info: dict[str, Any], encoder_prefix: str) -> N
     missing = sorted({*info.get("missing_keys", ()), *(m[0] for m in info.get("mismatched_keys", ()))})
     untrained = [k for k in missing if k.startswith(f"{encoder_prefix}.") and "pooler." not in k]
     unused = info.get("unexpected_keys", ())
-    dropped = {m.group(1) for k in unused if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
+    dropped = {m.group(1) for k in unused if (m := re.search(r"\.layers?\.(\d+)\.", k))}
     log.info(
         "base %s: %d weight(s) new (the head), %d layer(s) dropped, %d weight(s) unused",
         base_dir,
