@@ -39,6 +39,7 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict
     descriptions = {
         400: "Malformed JSON or undecodable body",
         401: "Missing or wrong API key",
+        408: "The request body stopped arriving for body_timeout_s",
         413: "Body, text or chunk count over its limit",
         415: "Content type is not JSON",
         422: "Invalid input (empty text, wrong types, both or neither of text/texts)",
@@ -182,7 +183,7 @@ async def _wait_disconnect(request: Request) -> None:
 @classify_router.post(
     "/classify",
     response_model=ClassifyResult | ClassifyBatchResult,
-    responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
     summary="Classify one document (`text`) or several (`texts`) of any length",
 )
 async def classify(

@@ -201,7 +201,7 @@ class TeiError(BaseModel):
 
 
 router = APIRouter(
-    route_class=CompatRoute, responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504, model=TeiError)
+    route_class=CompatRoute, responses=error_responses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504, model=TeiError)
 )
 
 

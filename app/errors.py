@@ -77,7 +77,7 @@ class InferenceFailed(LongdocError):
     status_code, error_type = 500, "inference_failed"
 
 
-REJECTION_STATUSES = frozenset({401, 413, 429, 503, 504})
+REJECTION_STATUSES = frozenset({401, 408, 413, 429, 503, 504})
 # the rejection reasons of the body checks that run while a body streams in (app/middleware.py)
 BODY_REJECTIONS = {413: "body_too_large", 408: "body_timeout"}
 

@@ -15,7 +15,7 @@ RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 # rate()/increase() cannot see that first step: a replica's first 500 or 504 would be invisible to the
 # error alerts and panels. (Other label values, e.g. a 404's, still appear on first use.)
 CLASSIFY_ENDPOINTS = ("/classify", "/predict", "/")
-CLASSIFY_STATUSES = ("200", "400", "401", "413", "415", "422", "429", "500", "503", "504")
+CLASSIFY_STATUSES = ("200", "400", "401", "408", "413", "415", "422", "429", "500", "503", "504")
 REJECTION_REASONS = (
     "unauthorized",
     "payload_too_large",

@@ -25,17 +25,16 @@ access_log = logging.getLogger("longdoc.access")
 REQUEST_ID_HEADER = b"x-request-id"
 
 
-# A refused upload is not read to its end: the connection closes after the answer, else the server would
-# read and discard the rest of a body it has already refused before serving the next request.
-CLOSE = {"Connection": "close"}
-
-
 class BodyTooLarge(HTTPException):
-    """Raised from `receive` when a streamed body passes max_body_bytes (FastAPI re-raises HTTPException)."""
+    """Raised from `receive` when a streamed body passes max_body_bytes (FastAPI re-raises HTTPException).
+
+    The connection stays open: uvicorn reads and drops the rest of the body. Closing it with body bytes
+    unread makes the kernel reset it, and a proxy still sending the body (nginx buffers up to its own larger
+    limit) can then see a failed upstream instead of this 413: a 502, and the replica marked down.
+    """
 
     def __init__(self, limit: int, received: int) -> None:
-        message = f"request body passed max_body_bytes {limit} (received {received} bytes so far)"
-        super().__init__(413, message, headers=CLOSE)
+        super().__init__(413, f"request body passed max_body_bytes {limit} (received {received} bytes so far)")
 
 
 class BodyTimeout(HTTPException):
@@ -44,7 +43,7 @@ class BodyTimeout(HTTPException):
 
     def __init__(self, timeout_s: float, received: int) -> None:
         message = f"no request body bytes arrived for body_timeout_s {timeout_s:g} s (received {received} bytes)"
-        super().__init__(408, message, headers=CLOSE)
+        super().__init__(408, message, headers={"Connection": "close"})  # the client is not sending: nothing to reset
 
 
 class InFlight:
@@ -133,7 +132,6 @@ class RequestContextMiddleware:
                         "payload_too_large",
                         f"request body of {int(declared)} bytes exceeds max_body_bytes {self.max_body_bytes}",
                     ),
-                    close=True,
                 )
             else:
                 await self.app(scope, limited_receive, send_with_id)
@@ -187,10 +185,8 @@ def _endpoint(scope: Scope) -> str:
     return str(getattr(best, "metrics_endpoint", scope.get("path", "unmatched")))
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -59,11 +59,13 @@ class Segmenter:
         backend.no_padding()
         self._backend = backend
         self.prefix, self.suffix = _special_frame(backend)
-        if not self.prefix and not self.suffix and (tokenizer.cls_token or tokenizer.bos_token):
+        special = getattr(tokenizer, "special_tokens_map", {})  # tokenizer.cls_token logs an error when unset
+        frame_token = special.get("cls_token") or special.get("bos_token")
+        if not self.prefix and not self.suffix and frame_token:
             log.warning(
                 "the tokenizer defines %s but adds no special tokens to a text (saved without its post-processor?): "
                 "every window goes to the model without them, and a [CLS]-pooled head reads a content token",
-                tokenizer.cls_token or tokenizer.bos_token,
+                frame_token,
             )
         self.max_length = max_length
         self.window = max_length - len(self.prefix) - len(self.suffix)

@@ -143,11 +143,14 @@ def _validation_lines(summary: dict[str, Any], config: dict[str, Any]) -> list[s
     epochs_run = sum(1 for record in summary.get("final_history", []) if record.get("epoch", 0) > 0)
     best = summary.get("final_best_epoch")
     # epoch 0 is the probe head before fine-tuning (LP-FT), scored as a candidate like every epoch
-    kept = "the probe head (epoch 0): no fine-tuned epoch beat it" if best == 0 else f"epoch {best}"
+    kept = (
+        f"the probe head's (epoch 0): none of the {epochs_run} fine-tuned epoch(s) run beat its validation macro-F1"
+        if best == 0
+        else f"those of the epoch with the best validation macro-F1, epoch {best} of {epochs_run} run"
+    )
     return [
         f"Validation: {config['val_fraction']:g} of each fit's documents held out (per label, seeded); the weights "
-        f"are those with the best validation macro-F1, {kept} of {epochs_run} run (early stopping after "
-        f"{config['early_stopping_patience']} epoch(s) without a gain). "
+        f"are {kept} (early stopping after {config['early_stopping_patience']} epoch(s) without a gain). "
         "Fold models of the cross-validation hold out the same share of their own training folds.",
     ]
 

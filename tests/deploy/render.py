@@ -8,6 +8,7 @@ tested are the configs shipped.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -81,6 +82,9 @@ def render_nginx(source: str, *, upstreams: Sequence[str], listen: str, workdir:
 
     text = _sub_once(r"^(\s*)listen\s+[^;]+;", lambda m: f"{m[1]}listen {listen};", text, "listen directive")
     text = _sub_once(r"^(\s*)pid\s+[^;]+;", lambda m: f"{m[1]}pid {workdir / 'nginx.pid'};", text, "pid directive")
+    # workers as this user, who can write the temp paths below (the image's `nginx` user may not exist here)
+    me = pwd.getpwuid(os.getuid()).pw_name
+    text = _sub_once(r"^(\s*)user\s+[^;]+;", lambda m: f"{m[1]}user {me};", text, "user directive")
     text = _sub_once(
         r"^(\s*)error_log\s+\S+(.*);",
         lambda m: f"{m[1]}error_log {workdir / 'error.log'}{m[2]};",

@@ -153,6 +153,14 @@ def test_stack_survives_a_replica_killed_mid_load(tmp_path: Path, request: pytes
         assert public_metrics.json()["error"]["type"] == "not_found"
         slash = httpx.post(f"{lb}/classify/", json={"text": "a"}, timeout=5)  # no redirect: a JSON 404 that says
         assert slash.status_code == 404 and "did you mean /classify?" in slash.json()["error"]["message"]
+        # A body over the service's 10 MiB but under nginx's 16 MiB is buffered to nginx's temp path (a worker
+        # that cannot write there answers 500) and reaches a replica, which refuses it on its Content-Length:
+        # the client gets that JSON 413, and the replica stays in rotation for the next request.
+        # /predict, so that the /classify counts checked below hold only the load's requests.
+        oversized = httpx.post(f"{lb}/predict", json={"inputs": "x" * (12 * 1024 * 1024)}, timeout=60)
+        assert oversized.status_code == 413 and "max_body_bytes" in oversized.text, oversized.text[:300]
+        after = httpx.post(f"{lb}/predict", json={"inputs": "a short text"}, timeout=60)
+        assert after.status_code == 200, after.text[:300]
 
         prometheus_yml = tmp_path / "prometheus.yml"
         prometheus_yml.write_text(yaml.safe_dump(render_prometheus(targets=[victim, survivor], interval="1s")))

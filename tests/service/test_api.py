@@ -300,8 +300,8 @@ async def test_limits_say_which_limit_and_value(client_factory: ClientFactory, f
 
         refused = await client.post("/classify", content=streamed(), headers={"content-type": "application/json"})
         assert_error(refused, 413, "payload_too_large", "max_body_bytes 2000")
-        # the rest of a refused body is not read: the connection closes after the answer
-        assert declared.headers["connection"] == refused.headers["connection"] == "close"
+        # the connection stays open (closing with body bytes unread resets it under a proxy still sending)
+        assert "connection" not in declared.headers and "connection" not in refused.headers
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_rejected_total", reason="body_too_large") == 2
     assert metric_value(metrics, "longdoc_rejected_total", reason="payload_too_large") == 2

@@ -260,12 +260,12 @@ async def test_a_stalled_upload_is_a_408_that_closes_the_connection(
     engine = FakeEngine(wordpiece_tokenizer, delay_s=0.5)  # a forward pass outlasts body_timeout_s
     app = create_app(Settings(model_dir=tiny_model_dir, body_timeout_s=0.3, warmup=False), engine=engine)
     sent: list[dict[str, Any]] = []
-    first = True
+    calls = 0
 
     async def stalled() -> dict[str, Any]:
-        nonlocal first
-        if first:
-            first = False
+        nonlocal calls
+        calls += 1
+        if calls == 1:
             return {"type": "http.request", "body": b'{"text": "half a bo', "more_body": True}
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
@@ -279,8 +279,15 @@ async def test_a_stalled_upload_is_a_408_that_closes_the_connection(
         assert (b"connection", b"close") in sent[0]["headers"]
         error = json.loads(sent[1]["body"])["error"]
         assert error["type"] == "request_timeout" and "body_timeout_s 0.3 s (received 19 bytes)" in error["message"]
+        # the TEI-compatible route answers in TEI's body, and counts the rejection the same way
+        sent.clear()
+        calls = 0
+        tei_scope = {**classify_scope(), "path": "/predict", "raw_path": b"/predict"}
+        await asyncio.wait_for(manager.app(tei_scope, stalled, send), 10)
+        assert sent[0]["status"] == 408 and "body_timeout_s" in json.loads(sent[1]["body"])["error"]
         metrics = app.state.metrics.registry
-        assert metrics.get_sample_value("longdoc_rejected_total", {"reason": "body_timeout"}) == 1
+        assert metrics.get_sample_value("longdoc_rejected_total", {"reason": "body_timeout"}) == 2
+        assert metrics.get_sample_value("longdoc_requests_total", {"endpoint": "/predict", "status": "408"}) == 1
 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as client:
             answer = await client.post("/classify", json={"text": "good " * 30})

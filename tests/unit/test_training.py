@@ -841,3 +841,14 @@ def test_fine_tuning_from_a_probe_must_beat_the_probe_to_replace_it(tiny_base: P
     pad = int(tokenizer.pad_token_id)
     kept, original = predict_chunk_logits(result.model, val_docs, pad), predict_chunk_logits(probe.model, val_docs, pad)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept, original, strict=True))
+
+
+def test_the_card_says_when_the_probe_was_kept() -> None:
+    from app.training.card import _validation_lines
+
+    config = {"val_fraction": 0.25, "early_stopping_patience": 1}
+    history = [{"epoch": 0.0}, {"epoch": 1.0}, {"epoch": 2.0}]
+    kept = " ".join(_validation_lines({"final_history": history, "final_best_epoch": 0}, config))
+    assert "the probe head's (epoch 0): none of the 2 fine-tuned epoch(s) run beat its validation macro-F1" in kept
+    tuned = " ".join(_validation_lines({"final_history": history, "final_best_epoch": 2}, config))
+    assert "epoch 2 of 2 run" in tuned
