@@ -40,6 +40,11 @@ class Metrics:
         self.request_duration = Histogram(
             "longdoc_request_duration_seconds", "Request latency.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.requests_in_flight = Gauge(
+            "longdoc_requests_in_flight",
+            "HTTP requests being handled (body upload to last byte of the answer), probes and scrapes included.",
+            registry=r,
+        )
         self.queue_depth = Gauge("longdoc_queue_depth", "Chunks waiting for a forward pass.", registry=r)
         self.batch_size = Histogram(
             "longdoc_batch_size", "Chunks per forward pass.", buckets=BATCH_SIZE_BUCKETS, registry=r

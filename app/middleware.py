@@ -121,6 +121,7 @@ class RequestContextMiddleware:
         state["accepted_before_drain"] = counted  # its answer is owed, even if its body is still arriving
         if counted:
             self.in_flight.enter()
+        self.metrics.requests_in_flight.inc()  # every request, drain or not: a stuck one shows here
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -140,6 +141,7 @@ class RequestContextMiddleware:
                 raise
             await _send_json(send_with_id, *unhandled_error(exc))
         finally:
+            self.metrics.requests_in_flight.dec()
             if counted:
                 self.in_flight.leave()
             elapsed = time.perf_counter() - started

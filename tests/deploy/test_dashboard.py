@@ -119,6 +119,7 @@ def test_dashboard_covers_what_operators_need() -> None:
         "p95 latency": "histogram_quantile(0.95, sum by (le) (rate(longdoc_request_duration_seconds_bucket",
         "p99 latency": "histogram_quantile(0.99, sum by (le) (rate(longdoc_request_duration_seconds_bucket",
         "queue depth": "longdoc_queue_depth",
+        "requests in flight": "longdoc_requests_in_flight",
         "batch size": "longdoc_batch_size_bucket",
         "batch tokens": "longdoc_batch_tokens_bucket",
         "padding ratio": "longdoc_batch_padding_ratio_sum",

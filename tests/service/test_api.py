@@ -23,6 +23,7 @@ ALL_METRICS = [
     "longdoc_requests_total",
     "longdoc_request_duration_seconds",
     "longdoc_queue_depth",
+    "longdoc_requests_in_flight",
     "longdoc_ready",
     "longdoc_batch_size",
     "longdoc_batch_tokens",

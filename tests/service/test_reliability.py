@@ -274,7 +274,12 @@ async def test_a_stalled_upload_is_a_408_that_closes_the_connection(
         sent.append(message)
 
     async with LifespanManager(app) as manager:
-        await asyncio.wait_for(manager.app(classify_scope(), stalled, send), 10)
+        metrics = app.state.metrics.registry
+        stalled_call = asyncio.create_task(manager.app(classify_scope(), stalled, send))
+        await asyncio.sleep(0.1)  # uploading, stalled: visible to an operator while it lasts
+        assert metrics.get_sample_value("longdoc_requests_in_flight") == 1
+        await asyncio.wait_for(stalled_call, 10)
+        assert metrics.get_sample_value("longdoc_requests_in_flight") == 0
         assert sent[0]["status"] == 408
         assert (b"connection", b"close") in sent[0]["headers"]
         error = json.loads(sent[1]["body"])["error"]
@@ -285,7 +290,6 @@ async def test_a_stalled_upload_is_a_408_that_closes_the_connection(
         tei_scope = {**classify_scope(), "path": "/predict", "raw_path": b"/predict"}
         await asyncio.wait_for(manager.app(tei_scope, stalled, send), 10)
         assert sent[0]["status"] == 408 and "body_timeout_s" in json.loads(sent[1]["body"])["error"]
-        metrics = app.state.metrics.registry
         assert metrics.get_sample_value("longdoc_rejected_total", {"reason": "body_timeout"}) == 2
         assert metrics.get_sample_value("longdoc_requests_total", {"endpoint": "/predict", "status": "408"}) == 1
 
