@@ -387,12 +387,13 @@ def fit_probe_head(model: Any, docs: Sequence[EncodedDoc], pad_id: int, num_labe
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
     _check_half_precision(features, weight, bias)
-    if config.epochs and float(np.abs(weight).max()) > LARGE_PROBE_WEIGHT:
+    largest_weight = float(np.abs(weight).max())
+    if config.epochs and largest_weight > LARGE_PROBE_WEIGHT:
         log.warning(
             "probe head: weights up to %.0f (its input features barely vary, e.g. a saturated [CLS] pooler): "
             "fine-tuning from it tends to diverge; --pooling mean, --epochs 0 or --val-fraction (which keeps the "
             "probe unless an epoch beats it) are safer",
-            float(np.abs(weight).max()),
+            largest_weight,
         )
     return float(probe.score(standardised, labels))
 
@@ -450,6 +451,11 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
         fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == label != p)
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(scores))
+
+
+def _weights_copy(model: Any) -> dict[str, torch.Tensor]:
+    """The model's weights as they are now, kept aside while training changes them (best-epoch restore)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _validation_scores(
@@ -531,7 +537,7 @@ def train_model(
         # The probe is a model already (LP-FT's starting point): fine-tuning must beat it to replace it.
         probe_record = {"epoch": 0.0, **_validation_scores(model, val_docs, pad_id, config)}
         best_f1, result.best_epoch = probe_record["val_macro_f1"], 0
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_state = _weights_copy(model)
         result.history.append(probe_record)
         log.info("%s probe (epoch 0): %s", description, probe_record)
     for epoch in range(1, config.epochs + 1):
@@ -573,7 +579,7 @@ def train_model(
             record.update(_validation_scores(model, val_docs, pad_id, config))
             if record["val_macro_f1"] > best_f1:
                 best_f1, stale, result.best_epoch = record["val_macro_f1"], 0, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = _weights_copy(model)
             else:
                 stale += 1
         result.history.append(record)
