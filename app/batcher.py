@@ -116,17 +116,12 @@ class Batcher:
         self._chunks_per_s = 0.0
         self._pass_started: float | None = None
         self._in_pass: list[_Item] = []
-        self.forward_calls = 0
 
     # ----- state -------------------------------------------------------------------------------------
     @property
     def pending(self) -> int:
         """Chunks queued or running: what admission control counts."""
         return self._queued + self._running
-
-    @property
-    def queued(self) -> int:
-        return self._queued
 
     @property
     def running(self) -> bool:
@@ -352,7 +347,6 @@ class Batcher:
             self._pass_started = None
             self._in_pass = []
             elapsed = time.perf_counter() - started
-            self.forward_calls += 1
             self._running = 0
             self._record(batch, started, elapsed)
             self._maybe_idle()

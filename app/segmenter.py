@@ -78,10 +78,6 @@ class Segmenter:
             )
         self.stride = stride
 
-    @property
-    def num_special_tokens(self) -> int:
-        return len(self.prefix) + len(self.suffix)
-
     def segment(self, text: str, max_chunks: int | None = None) -> Segmented:
         """Tokenize once and cut into windows; `max_chunks` keeps only the first windows (caller's cap)."""
         return self.segment_many([text], max_chunks)[0]
