@@ -32,13 +32,16 @@ def group_accuracy(block: dict[str, Any]) -> str:
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows = true label)."""
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows =
+    true label). Balanced accuracy (the mean recall of the labels present) is the accuracy the same model
+    would have on a set with every label equally frequent, as many benchmarks' test sets are."""
     k = len(labels)
     matrix = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(y_true, y_pred, strict=True):
         matrix[t, p] += 1
     per_class = {}
     f1s = []
+    recalls = []
     for i, label in enumerate(labels):
         tp = int(matrix[i, i])
         predicted, actual = int(matrix[:, i].sum()), int(matrix[i, :].sum())
@@ -47,11 +50,14 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         if predicted or actual:  # a label neither present nor predicted has no F1 (as scikit-learn's macro)
             f1s.append(f1)
+        if actual:
+            recalls.append(recall)
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
     n = int(matrix.sum())
     return {
         "n": n,
         "accuracy": float(np.trace(matrix) / n) if n else 0.0,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "labels": list(labels),
@@ -164,13 +170,15 @@ def format_report(report: dict[str, Any]) -> str:
     for stride, entry in report["strides"].items():
         lines.append(f"stride {stride}: {entry['n']} documents, {entry['multi_window_docs']} longer than one window")
         lines.append(
-            f"  {'strategy':<22}{'acc':>7}{'macro-F1':>10}{'acc 1-win':>11}{'acc multi':>11}{'fold acc (mean±sd)':>22}"
+            f"  {'strategy':<22}{'acc':>7}{'bal-acc':>9}{'macro-F1':>10}{'acc 1-win':>11}{'acc multi':>11}"
+            f"{'fold acc (mean±sd)':>22}"
         )
         for strategy, block in entry["strategies"].items():
             folds = block.get("folds")
             spread = f"{folds['accuracy_mean']:.3f} ± {folds['accuracy_std']:.3f}" if folds else "-"
             lines.append(
-                f"  {strategy:<22}{block['all']['accuracy']:>7.3f}{block['all']['macro_f1']:>10.3f}"
+                f"  {strategy:<22}{block['all']['accuracy']:>7.3f}{block['all']['balanced_accuracy']:>9.3f}"
+                f"{block['all']['macro_f1']:>10.3f}"
                 f"{group_accuracy(block['single_window']):>11}{group_accuracy(block['multi_window']):>11}"
                 f"{spread:>22}"
             )

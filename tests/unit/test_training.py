@@ -207,14 +207,20 @@ def _records_file(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
 
 
 def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     path, records = _records_file(tmp_path)
     out = tmp_path / "report.json"
     assert cli_main(["eval", "--predictions", str(path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())["strides"]["8"]["strategies"]
     printed = capsys.readouterr().out
-    assert "mean_logits" in printed and "per class precision / recall / F1" in printed
+    assert "mean_logits" in printed and "per class precision / recall / F1" in printed and "bal-acc" in printed
     y_true = [0 if r["label"] == "neg" else 1 for r in records]
     mean_pred = [int(torch.tensor(r["chunk_logits"]).mean(0).argmax()) for r in records]
     max_pred = [int(torch.tensor(r["chunk_logits"]).max(0).values.argmax()) for r in records]
@@ -223,6 +229,7 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
         block = report[strategy]["all"]
         assert block["accuracy"] == pytest.approx(accuracy_score(y_true, pred))
         assert block["macro_f1"] == pytest.approx(f1_score(y_true, pred, average="macro"))
+        assert block["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, pred))
         assert block["confusion_matrix"] == confusion_matrix(y_true, pred, labels=[0, 1]).tolist()
         precision, recall, _, _ = precision_recall_fscore_support(y_true, pred, labels=[0, 1], zero_division=0)
         assert block["per_class"]["pos"]["precision"] == pytest.approx(precision[1])
@@ -396,7 +403,7 @@ def test_eval_cli_names_a_bad_file_and_exits_2(
 
 
 def test_macro_f1_leaves_out_labels_neither_present_nor_predicted() -> None:
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     from app.training.evaluate import classification_metrics
 
@@ -406,6 +413,8 @@ def test_macro_f1_leaves_out_labels_neither_present_nor_predicted() -> None:
     # training's early stopping counts the same way (a label absent from the validation split is no 0)
     assert macro_f1(y_true, y_pred) == pytest.approx(metrics["macro_f1"])
     assert macro_f1([0, 0], [0, 0]) == 1.0
+    # balanced accuracy: the mean recall of the labels present (a label never true has no recall)
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
 
 
 def test_a_tie_keeps_the_trained_recipe() -> None:
@@ -484,6 +493,8 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     assert report["int8"]["fp32"]["strides"] == report["strides"]  # all folds: the same fp32 report
     card = (output / "README.md").read_text(encoding="utf-8")
     assert "## Cross-validated metrics" in card and "int8 dynamic quantization" in card
+    served = report["strides"][str(report["chosen"]["stride"])]["strategies"][report["chosen"]["aggregation"]]
+    assert f"| {served['all']['balanced_accuracy']:.3f} |" in card  # beside the accuracy it corrects
 
     # Resume keeps the complete folds (no fold is retrained) and adds the seed spread with its int8 scores.
     before = (output / "cv_predictions.jsonl").read_text(encoding="utf-8")
