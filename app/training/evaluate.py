@@ -33,8 +33,8 @@ def group_accuracy(block: dict[str, Any]) -> str:
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows =
-    true label). Balanced accuracy (the mean recall of the labels present) is the accuracy the same model
-    would have on a set with every label equally frequent, as many benchmarks' test sets are."""
+    true label). Balanced accuracy (the mean recall of the labels present) is the expected accuracy on a
+    label-balanced set drawn like this one, as many benchmarks' test sets are."""
     k = len(labels)
     matrix = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(y_true, y_pred, strict=True):
@@ -164,8 +164,8 @@ def best_setting(report: dict[str, Any], trained: tuple[int, str] | None = None)
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A readable table per stride: accuracy / macro-F1 for every strategy and length group, the confusion
-    matrices and the per-class precision / recall / F1."""
+    """A readable table per stride: accuracy, balanced accuracy and macro-F1 for every strategy, accuracy
+    per length group, the confusion matrices and the per-class precision / recall / F1."""
     lines = []
     for stride, entry in report["strides"].items():
         lines.append(f"stride {stride}: {entry['n']} documents, {entry['multi_window_docs']} longer than one window")

@@ -86,6 +86,7 @@ def test_card_numbers_are_reproduced_from_the_shipped_predictions() -> None:
         expected = shipped["strides"][stride]["strategies"][strategy]
         assert block["all"]["accuracy"] == pytest.approx(expected["all"]["accuracy"])
         assert block["all"]["macro_f1"] == pytest.approx(expected["all"]["macro_f1"])
+        assert block["all"]["balanced_accuracy"] == pytest.approx(expected["all"]["balanced_accuracy"])
         assert f"{block['all']['accuracy']:.3f}" in card
     assert recomputed["strides"][stride]["n"] == 641  # every training article scored exactly once, out of fold
     assert serving["aggregation"] in recomputed["strides"][stride]["strategies"]

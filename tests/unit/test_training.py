@@ -194,7 +194,7 @@ def _records_file(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
             {
                 "fold": i % 3,
                 "stride": 8,
-                "label": rng.choice(["neg", "pos"]),
+                "label": rng.choices(["neg", "pos"], weights=[1, 2])[0],  # unequal: balanced accuracy differs
                 "labels": ["neg", "pos"],
                 "num_tokens": 10 * chunks,
                 "token_counts": [rng.randint(1, 30) for _ in range(chunks)],
@@ -225,6 +225,7 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
     mean_pred = [int(torch.tensor(r["chunk_logits"]).mean(0).argmax()) for r in records]
     max_pred = [int(torch.tensor(r["chunk_logits"]).max(0).values.argmax()) for r in records]
     first_pred = [int(torch.tensor(r["chunk_logits"][0]).argmax()) for r in records]
+    assert len(set(y_true)) == 2 and y_true.count(0) != y_true.count(1)  # else balanced accuracy == accuracy
     for strategy, pred in (("mean_logits", mean_pred), ("max_logits", max_pred), (FIRST_WINDOW, first_pred)):
         block = report[strategy]["all"]
         assert block["accuracy"] == pytest.approx(accuracy_score(y_true, pred))
@@ -415,6 +416,10 @@ def test_macro_f1_leaves_out_labels_neither_present_nor_predicted() -> None:
     assert macro_f1([0, 0], [0, 0]) == 1.0
     # balanced accuracy: the mean recall of the labels present (a label never true has no recall)
     assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    majority = classification_metrics([0, 0, 0, 1], [0, 0, 0, 0], ["neg", "neutral", "pos"])
+    assert (majority["accuracy"], majority["balanced_accuracy"]) == (0.75, 0.5)  # always the majority: chance
+    predicted_only = classification_metrics([0, 0, 1], [0, 2, 1], ["a", "b", "c"])  # c predicted, never true
+    assert predicted_only["balanced_accuracy"] == pytest.approx(0.75)
 
 
 def test_a_tie_keeps_the_trained_recipe() -> None:
@@ -494,7 +499,9 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     card = (output / "README.md").read_text(encoding="utf-8")
     assert "## Cross-validated metrics" in card and "int8 dynamic quantization" in card
     served = report["strides"][str(report["chosen"]["stride"])]["strategies"][report["chosen"]["aggregation"]]
-    assert f"| {served['all']['balanced_accuracy']:.3f} |" in card  # beside the accuracy it corrects
+    row = served["all"]
+    # the served aggregation's row: accuracy, then balanced accuracy, then macro-F1
+    assert f"| `{report['chosen']['aggregation']}` | {row['accuracy']:.3f} | {row['balanced_accuracy']:.3f} | " in card
 
     # Resume keeps the complete folds (no fold is retrained) and adds the seed spread with its int8 scores.
     before = (output / "cv_predictions.jsonl").read_text(encoding="utf-8")
