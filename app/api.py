@@ -109,7 +109,7 @@ def require_json(request: Request) -> None:
     """415 for a declared content type that is not JSON (a missing one is read as JSON), or for a charset
     other than UTF-8, the only encoding JSON has (RFC 8259) and the one the body is decoded with."""
     content_type = request.headers.get("content-type")
-    if content_type is None:
+    if content_type is None or not content_type.strip():  # an empty header declares nothing either
         return
     media, _, parameters = content_type.partition(";")
     media = media.strip().lower()
@@ -212,8 +212,7 @@ async def classify_until_disconnect(
     raise ClientClosedRequest("the client disconnected before the answer was ready")
 
 
-# HEAD, as load balancers and uptime checks often probe with it. The HEAD routes are registered after
-# the GET ones (the upper decorator applies last), so a wrong method's 405 says `Allow: GET`.
+# HEAD, as load balancers and uptime checks often probe with it (a wrong method's 405 lists both in `Allow`).
 @router.head("/health", include_in_schema=False)
 @router.get(
     "/health",

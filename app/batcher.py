@@ -155,7 +155,8 @@ class Batcher:
                 await self._wait_idle()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that crashed has logged it and failed every caller (_serve): the shutdown goes on.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._fail_queued(Draining("the service is shutting down"))
         if self._executor is not None:

@@ -152,7 +152,8 @@ def _eval_report(args: argparse.Namespace) -> dict[str, object]:
             "single-label models only"
         )
     meta = read_model_metadata(args.model)
-    max_length = args.max_length or int(meta.get("max_length", min(512, loaded.max_positions)))  # as the service
+    default_length = int(meta.get("max_length", min(512, loaded.max_positions)))  # as the service
+    max_length = default_length if args.max_length is None else args.max_length
     if max_length > loaded.max_positions:
         raise ValueError(f"max_length {max_length} is over the {loaded.max_positions} positions of {args.model}")
     strides = sorted(set(args.strides)) if args.strides else [int(meta.get("stride", 0))]
@@ -182,7 +183,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.quick:  # a few seconds: checks the harness works, measures nothing worth reporting
             options.short, options.medium, options.long, options.real = 3, 1, 0, 2
             options.budgets, options.fairness_long, options.fairness_short = (2048,), 2, 2
-            options.profile_windows = 2
+            options.profile_windows, options.agreement_windows = 2, 8
         if args.results_dir:
             options.results_dir = args.results_dir
         options.report = args.report or _default_report(args)

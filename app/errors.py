@@ -92,6 +92,9 @@ HTTP_ERROR_TYPES = {
 }
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"type": error_type, "message": message}}
 
@@ -139,11 +142,21 @@ def install_error_handlers(app: FastAPI) -> None:
         reason = BODY_REJECTIONS.get(exc.status_code)
         if reason is not None:
             request.app.state.metrics.rejected.labels(reason=reason).inc()
-        return JSONResponse(
-            error_body(error_type, http_error_message(exc, request)),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return JSONResponse(error_body(error_type, http_error_message(exc, request)), exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first route that matched
+    the path: `DELETE /` said `Allow: GET`, though `POST /` (the TEI-style route) is served too."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 def http_error_message(exc: StarletteHTTPException, request: Request) -> str:
@@ -157,4 +170,6 @@ def http_error_message(exc: StarletteHTTPException, request: Request) -> str:
         return f"no route {request.method} {path}{hint}"
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "There was an error parsing the body"
         return f"request body is not valid JSON: {str(exc.__cause__)[:200]}"
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {path}; allowed: {', '.join(allowed_methods(request))}"
     return str(exc.detail)

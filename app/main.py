@@ -29,7 +29,13 @@ from app.middleware import InFlight, RequestContextMiddleware
 from app.model import Engine, load_model
 from app.segmenter import Segmenter
 from app.service import ClassifierService
-from app.settings import Settings, default_batch_tokens, default_padding_ratio, resolve_serving
+from app.settings import (
+    ConfigurationError,
+    Settings,
+    default_batch_tokens,
+    default_padding_ratio,
+    resolve_serving,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +143,9 @@ async def _startup(
             settings.startup_timeout_s,
         )
         raise
+    except ConfigurationError as exc:
+        log.critical("a setting does not fit the model: %s", exc)
+        raise
     except Exception as exc:
         log.critical("the model failed to load: %s", exc, exc_info=exc)
         raise
@@ -154,8 +163,11 @@ async def _start(
         loaded = await _in_daemon_thread(
             lambda: load_model(settings.model_dir, settings.device, settings.dtype, settings.quantize)
         )
-    serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)
-    segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
+    try:
+        serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)
+        segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
+    except ValueError as exc:  # a window or stride the model cannot take: known only once it is loaded
+        raise ConfigurationError(str(exc)) from exc
     batcher = Batcher(
         loaded.forward,
         max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(loaded.device_name, loaded.quantization),

@@ -75,7 +75,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "longdoc_rejected_total",
-            "Requests refused (401, 413, 429, 503) or past their deadline (504), by reason; health probes not counted.",
+            "Requests refused (401, 408, 413, 429, 503) or past their deadline (504), by reason; "
+            "health probes not counted.",
             ["reason"],
             registry=r,
         )

@@ -86,7 +86,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:200] or uuid.uuid4().hex
+        request_id = client_request_id(headers.get(REQUEST_ID_HEADER, b"")) or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["received_at"] = started
@@ -192,3 +192,17 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def client_request_id(raw: bytes, limit: int = 200) -> str:
+    """The client's id, at most `limit` bytes, echoed byte for byte (header bytes map 1:1 to Latin-1). A
+    UTF-8 id is cut between whole characters, so the echo is still UTF-8 and a prefix of what was sent."""
+    cut = raw[:limit]
+    for back in range(min(4, len(cut))):  # a UTF-8 character is at most 4 bytes
+        try:
+            cut[: len(cut) - back].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        cut = cut[: len(cut) - back]
+        break
+    return cut.decode("latin-1")

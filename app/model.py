@@ -136,10 +136,20 @@ def resolve_device(requested: Literal["auto", "cpu", "cuda"]) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on CUDA; float32 on a CPU, even one with native bfloat16, where bfloat16 runs about
+    twice as fast but a window's scores then move in the third decimal with the windows it is batched
+    with (docs/benchmarks.md): results that depend on other clients' traffic are opted into, not a default."""
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if requested == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return names[requested]
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matrix products in hardware. Elsewhere oneDNN emulates them, slower
+    than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private but stable since 2.3
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 class Engine(Protocol):
@@ -239,6 +249,8 @@ def load_model(
         raise ValueError("quantize=int8 (dynamic quantization) runs on the CPU only; use device=cpu")
     if quantize == "int8" and torch_dtype != torch.float32:
         raise ValueError("quantize=int8 needs dtype float32 (the quantized Linear layers compute in fp32)")
+    if torch_device.type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        log.warning("dtype bfloat16 on a CPU without AVX512-BF16 or AMX is emulated: slower than float32")
     if not has_tokenizer_files(model_dir):
         raise ValueError(f"model_dir {model_dir} holds no tokenizer ({', '.join(TOKENIZER_FILES)} or *.model)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)

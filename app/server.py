@@ -9,7 +9,9 @@ The model loads in the background: the port opens at once, /health and /classify
 ("the model is still loading") and /health/live 200 until it is ready. If the load fails or passes
 startup_timeout_s, or the inference worker dies (a bug) or hangs (one forward pass past
 request_timeout_s), the process exits with status 1: no request can be served any more, and a supervisor
-that restarts exited processes (Docker's `restart:`, systemd, the kubelet) heals it.
+that restarts exited processes (Docker's `restart:`, systemd, the kubelet) heals it. A setting that turns
+out not to fit the model once it is loaded (a stride or window too long for it) exits with status 2, as a
+bad setting does before the load: a restart cannot fix that.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fastapi import FastAPI
 from app.errors import Draining
 from app.logs import configure_logging
 from app.main import create_app
-from app.settings import Settings, unknown_settings
+from app.settings import ConfigurationError, Settings, unknown_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class DrainingServer(uvicorn.Server):
         while not self.should_exit:
             await asyncio.sleep(self._worker_check_s)
             if _startup_failed(self._app):  # logged by the start-up itself
-                log.critical("exiting with status 1 so the process is restarted")
+                if failure_status(self._app) == 2:
+                    log.critical("exiting with status 2: fix the setting, a restart cannot")
+                else:
+                    log.critical("exiting with status 1 so the process is restarted")
                 self.failed = True
                 self.should_exit = True
                 return
@@ -137,8 +142,15 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
         # The interpreter joins worker threads at exit: a hung forward pass would hold it forever, and a
         # model load abandoned by a stop for as long as the load takes.
         logging.shutdown()
-        os._exit(1 if server.failed else 0)
+        os._exit(failure_status(app) if server.failed else 0)
     return 0
+
+
+def failure_status(app: FastAPI) -> int:
+    """2 when the start-up failed on a setting that does not fit the model, else 1 (restart me)."""
+    startup = app.state.startup
+    failed_on_settings = _startup_failed(app) and isinstance(startup.exception(), ConfigurationError)
+    return 2 if failed_on_settings else 1
 
 
 def _startup_failed(app: FastAPI) -> bool:

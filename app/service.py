@@ -6,12 +6,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import regex
 import torch
 
 from app.aggregate import Aggregation, activate, aggregate, contributions
 from app.batcher import Batcher
+from app.char_budget import CharacterBudget
 from app.errors import BadRequest, DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge
 from app.metrics import Metrics
 from app.model import Engine
@@ -56,6 +58,7 @@ class ClassifierService:
         self.serving = serving
         self.settings = settings
         self.metrics = metrics
+        self.tokenizing = CharacterBudget(settings.max_tokenizing_chars)
         self.warmed_up = False
         self.draining = False
 
@@ -153,15 +156,32 @@ class ClassifierService:
         """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop, and
         under the request's deadline (a thread cannot be stopped: it finishes and its result is dropped).
 
+        Texts go to the tokenizer in groups of at most max_tokenizing_chars characters, each group once
+        the shared character budget allows, and the chunk count is checked after each group: a request
+        too large for the queue is refused once its first groups show it, before the rest is tokenized.
+
         asyncio.timeout, not wait_for, here and below: Python 3.11's wait_for drops a cancellation that
         lands in the loop step where the work finishes (CPython gh-86296), and the request of a client that
         just left would go on to queue all its chunks."""
+        segmented: list[Segmented] = []
         try:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:  # before handing a thread work whose result would be dropped
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                return await asyncio.to_thread(self.segmenter.segment_many, texts, max_chunks)
+                for group in _groups_by_chars(texts, self.tokenizing.capacity):
+                    segmented += await self.tokenizing.run_in_thread(
+                        sum(map(len, group)), partial(self.segmenter.segment_many, group, max_chunks)
+                    )
+                    chunks = sum(len(seg.chunks) for seg in segmented)
+                    if chunks > self.batcher.max_queue_chunks and len(segmented) < len(texts):
+                        raise PayloadTooLarge(
+                            f"the request needs at least {chunks} chunks (its first {len(segmented)} of "
+                            f"{len(texts)} texts) but max_queue_chunks is {self.batcher.max_queue_chunks}; "
+                            "split the input or raise LONGDOC_MAX_QUEUE_CHUNKS",
+                            reason="too_many_chunks",
+                        )
+                return segmented
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
@@ -240,3 +260,17 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
             break
         cut = cluster.end()
     return text[:cut] if cut else text[:limit]  # one cluster longer than the limit (stacked marks): cut it
+
+
+def _groups_by_chars(texts: list[str], budget: int) -> list[list[str]]:
+    """Consecutive texts packed into groups of at most `budget` characters; a longer text is a group alone."""
+    groups: list[list[str]] = []
+    size = 0
+    for text in texts:
+        if groups and size + len(text) <= budget:
+            groups[-1].append(text)
+            size += len(text)
+        else:
+            groups.append([text])
+            size = len(text)
+    return groups

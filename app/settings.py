@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     max_queue_chunks: int = Field(16384, ge=1, description="Chunks queued or running before 429.")
     max_document_chars: int = Field(2_000_000, ge=1, description="Longest text accepted (code points).")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
+    max_tokenizing_chars: int = Field(
+        2_000_000,
+        ge=1,
+        description="Characters tokenized at once across all requests (more wait their turn): bounds the "
+        "tokenizer's memory, up to ~0.6 GB per million characters of CJK or punctuation.",
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest request body in bytes.")
     body_timeout_s: float = Field(
         60.0, gt=0, allow_inf_nan=False, description="Longest pause while a request body uploads; then 408."
@@ -221,6 +227,10 @@ class ServingConfig:
     stride: int
     aggregation: Aggregation
     threshold: float
+
+
+class ConfigurationError(ValueError):
+    """A setting or longdoc.json value that does not fit the model: a restart cannot fix it (exit status 2)."""
 
 
 def resolve_serving(settings: Settings, metadata: dict[str, Any], max_positions: int) -> ServingConfig:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import torch
 
-from app.model import LoadedModel, load_model, read_model_metadata
+from app.model import LoadedModel, cpu_has_native_bf16, load_model, read_model_metadata
 from app.segmenter import Segmenter
 from app.settings import BUNDLED_MODEL, GPU_BATCH_TOKENS, available_cpus
 from benchmarks.profile import profile_engines, report_lines
@@ -53,6 +53,7 @@ class BenchOptions:
     fairness_short: int = 24
     int8: bool = True
     profile_windows: int = 16
+    agreement_windows: int = 256
     seed: int = 0
     results_dir: Path = REPO / "benchmarks" / "results"
     report: Path | None = REPO / "docs" / "benchmarks.md"
@@ -121,6 +122,20 @@ def _engine_pass(model: LoadedModel, chunks: list[list[int]], budget: int) -> fl
     for batch in _batches(chunks, budget):
         model.forward(batch)
     return sum(len(c) for c in chunks) / (time.perf_counter() - started)
+
+
+def score_agreement(reference: LoadedModel, other: LoadedModel, chunks: list[list[int]]) -> dict[str, Any]:
+    """How far `other`'s window scores stray from `reference`'s: each window alone, then in passes of four
+    beside other windows (a variant whose scores depend on the pass shows it in the second figure)."""
+    alone_ref = torch.cat([reference.forward([c]) for c in chunks]).softmax(-1)
+    alone = torch.cat([other.forward([c]) for c in chunks]).softmax(-1)
+    batched = torch.cat([other.forward(chunks[i : i + 4]) for i in range(0, len(chunks), 4)]).softmax(-1)
+    return {
+        "windows": len(chunks),
+        "top_label_agreement": float((alone_ref.argmax(-1) == alone.argmax(-1)).float().mean()),
+        "max_score_difference": float((alone_ref - alone).abs().max()),
+        "max_score_difference_alone_vs_batched": float((alone - batched).abs().max()),
+    }
 
 
 def engine_ceiling(model: LoadedModel, chunks: list[list[int]], budgets: Sequence[int], log: Any) -> dict[str, Any]:
@@ -365,6 +380,13 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         int8 = load_model(options.model_dir, device="cpu", quantize="int8")
         result["ceiling_int8"] = engine_ceiling(int8, chunks, [budget], log)
         result["int8_speedup"] = result["ceiling_int8"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
+    if device.type == "cpu" and cpu_has_native_bf16():  # opt-in LONGDOC_DTYPE=bfloat16: its speed and its cost
+        log("engine-only ceiling (bfloat16, native on this CPU):")
+        bf16 = load_model(options.model_dir, device="cpu", dtype="bfloat16")
+        result["ceiling_bf16"] = engine_ceiling(bf16, chunks, [budget], log)
+        result["bf16_speedup"] = result["ceiling_bf16"]["tokens_per_s"] / result["ceiling"]["tokens_per_s"]
+        result["bf16_agreement"] = score_agreement(model, bf16, chunks[: options.agreement_windows])
+        del bf16
     options.results_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":  # explains the CPU's batch-size trade-off; on a GPU the sweep says it
         log("profile (torch.profiler):")
@@ -407,9 +429,13 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     # The same corpus against two variants of that service, one run each at concurrency 16: the naive
     # server (one request per forward pass, no padding cap) and, where the default caps padding, no cap.
     concurrency = 16 if 16 in options.concurrencies else max(options.concurrencies)
-    variants = {"batching_off": {"max_batch_tokens": budget, "batch_across_requests": "false", "max_padding_ratio": 1}}
+    variants: dict[str, dict[str, Any]] = {
+        "batching_off": {"max_batch_tokens": budget, "batch_across_requests": "false", "max_padding_ratio": 1}
+    }
     if result["service_padding_cap"] < 1:
         variants["padding_cap_off"] = {"max_batch_tokens": result["service_budget"], "max_padding_ratio": 1}
+    if "ceiling_bf16" in result:
+        variants["bfloat16"] = {"dtype": "bfloat16"}
     for name, settings in variants.items():
         variant = ServiceProcess(options.model_dir, threads, device=device.type, **settings)
         try:
@@ -428,6 +454,20 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     if options.report is not None:
         write_report(result, options.report)
     return result
+
+
+def _bf16_section(result: dict[str, Any]) -> list[str]:
+    if "bf16_agreement" not in result:
+        return []
+    agreement = result["bf16_agreement"]
+    return [
+        f"bfloat16 against float32 on this CPU's native bfloat16 ({agreement['windows']} windows of the corpus): "
+        f"top label the same for {agreement['top_label_agreement']:.1%} of windows, scores differ by at most "
+        f"{agreement['max_score_difference']:.4f}; a window's bfloat16 score alone and in a pass of four differs "
+        f"by at most {agreement['max_score_difference_alone_vs_batched']:.4f} (float32: about 1e-7). "
+        "The service's default on a CPU stays float32.",
+        "",
+    ]
 
 
 def write_report(result: dict[str, Any], path: Path) -> None:
@@ -458,6 +498,11 @@ def write_report(result: dict[str, Any], path: Path) -> None:
             f"| engine-only ceiling (int8) | {result['ceiling_int8']['tokens_per_s']:,.0f} | "
             f"{result['int8_speedup']:.2f} | | | | | | |"
         )
+    if "ceiling_bf16" in result:
+        lines.append(
+            f"| engine-only ceiling (bfloat16) | {result['ceiling_bf16']['tokens_per_s']:,.0f} | "
+            f"{result['bf16_speedup']:.2f} | | | | | | |"
+        )
     for run in result["service"]:
         lines.append(
             f"| service, concurrency {run['concurrency']} | {run['tokens_per_s']:,.0f} | "
@@ -467,6 +512,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
     titles = {
         "padding_cap_off": "padding cap off (max_padding_ratio 1)",
         "batching_off": "batching off (one request per forward)",
+        "bfloat16": "bfloat16 (LONGDOC_DTYPE=bfloat16; ratio to the float32 ceiling)",
     }
     for name, title in titles.items():
         if name in result:
@@ -490,6 +536,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "",
         f"Service resident memory after the runs: {result['service_rss_mb']:.0f} MB.",
         "",
+        *_bf16_section(result),
         *_profile_section(result),
         "![throughput and p99 against concurrency](benchmarks.png)",
         "",

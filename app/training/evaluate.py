@@ -197,7 +197,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RECORD_KEYS = ("label", "labels", "chunk_logits")
+RECORD_KEYS = ("label", "labels", "chunk_logits", "token_counts")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -213,8 +213,27 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
         if missing:
             raise DataError(f"{path}:{number}: not a prediction record (lacks {missing}); give a cv_predictions file")
+        problem = _record_problem(record)
+        if problem:
+            raise DataError(f"{path}:{number}: {problem}")
         records.append(record)
     return records
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record with every key unusable, before a metric trips over it."""
+    labels, logits, counts = record["labels"], record["chunk_logits"], record["token_counts"]
+    if not isinstance(labels, list) or record["label"] not in labels:
+        return f"label {record['label']!r} is not one of labels {labels!r}"
+    if (
+        not isinstance(logits, list)
+        or not logits
+        or any(not isinstance(r, list) or len(r) != len(labels) for r in logits)
+    ):
+        return f"chunk_logits must be a non-empty list of rows of {len(labels)} numbers (one per label)"
+    if not isinstance(counts, list) or len(counts) != len(logits):
+        return f"token_counts must give one count per chunk ({len(logits)} chunks)"
+    return None
 
 
 def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.model import cpu_has_native_bf16
 from tests.integration.procs import REPO, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,11 +41,19 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         "linear" in op["op"] or "addmm" in op["op"] for op in result["profile"]["fp32, 1 window per pass"]["top_ops"]
     )
     assert list((tmp_path / "results").glob("profile-*-fp32.json"))  # the Chrome trace
+    if cpu_has_native_bf16():  # the opt-in bfloat16: its ceiling, the service running it, and its score cost
+        assert result["ceiling_bf16"]["tokens"] == result["ceiling"]["tokens"]
+        assert result["bfloat16"]["tokens_per_s"] > 0 and result["bf16_agreement"]["windows"] == 8
+        assert 0 <= result["bf16_agreement"]["max_score_difference"] < 0.1
+    else:
+        assert "ceiling_bf16" not in result and "bfloat16" not in result
 
     text = report.read_text(encoding="utf-8")
     assert "old table" not in text and text.endswith("notes kept across runs\n")
     assert "| service, concurrency 4 |" in text and "ms per window" in text
     assert "| padding cap off (max_padding_ratio 1), concurrency 4 |" in text
+    bf16_row = "| bfloat16 (LONGDOC_DTYPE=bfloat16; ratio to the float32 ceiling), concurrency 4 |"
+    assert (bf16_row in text) == cpu_has_native_bf16()
     assert report.with_suffix(".png").stat().st_size > 0
 
 

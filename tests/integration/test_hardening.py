@@ -25,11 +25,12 @@ from tests.service.test_api import metric_value
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or the process's peak so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,38 @@ def test_bounded_soak_no_5xx_and_flat_memory(tmp_path: Path, tiny_model_dir: Pat
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[200] > 100 and set(statuses) <= {200, 400, 415, 422}
     assert after - before < max(50.0, 0.1 * before), (before, after)
+
+
+def test_texts_that_are_all_tokens_cannot_take_the_replica_past_its_memory(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Text whose every character is a token costs the tokenizer ~0.6 GB per million characters. A 10 MiB
+    body of five 2M-character texts, then two such requests at once, are all legal until their chunks are
+    counted. Before the character budget this test measured a peak of +4.2 GB and +3.3 GB still resident
+    after (all five tokenized at once, then side by side, each executor thread's arena keeping its share):
+    past a 4 GiB replica's limit. Now one 2M-character tokenization runs at a time and its memory is freed."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with longdoc_serve(port, tmp_path / "serve.log", model_dir=tiny_model_dir, max_queue_chunks=1000) as process:
+        start = _rss_mb(process.pid)
+        body = json.dumps({"texts": ["." * 2_000_000] * 5}).encode()
+        with httpx.Client(base_url=url, timeout=300) as client:
+            response = client.post("/classify", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert "(its first 1 of 5 texts)" in response.json()["error"]["message"]
+
+        async def side_by_side() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+                texts = [chr(0x4E00 + i) * 2_000_000 for i in range(2)]  # CJK: one token per character
+                return await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
+
+        for response in asyncio.run(side_by_side()):
+            assert response.status_code == 413 and "max_queue_chunks is 1000" in response.text
+        peak, after = _rss_mb(process.pid, "VmHWM"), _rss_mb(process.pid)
+        assert httpx.get(f"{url}/health").status_code == 200
+    print(f"RSS at start {start:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB")
+    assert peak - start < 1900, (start, peak)  # one 2M-character tokenization at a time (~1.2 GB)
+    assert after - start < 600, (start, after)  # what the tokenizer freed went back to the system
 
 
 def test_a_stalled_upload_is_answered_408_and_its_connection_closed(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -8,6 +8,8 @@ import gzip
 import itertools
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,11 @@ async def test_health_info_and_request_id(client_factory: ClientFactory) -> None
         echoed = await client.get("/health", headers={"X-Request-ID": "abc-123"})
         assert echoed.headers["x-request-id"] == "abc-123"
         assert len(health.headers["x-request-id"]) == 32
+        # at most 200 bytes: a UTF-8 id is cut between characters, any other bytes are kept as sent
+        utf8 = await client.get("/health", headers={"X-Request-ID": ("a" + "é" * 150).encode()})
+        assert dict(utf8.headers.raw)[b"x-request-id"] == ("a" + "é" * 99).encode()  # not the first byte of the 100th
+        other = await client.get("/health", headers={"X-Request-ID": b"\xa9" * 250})
+        assert dict(other.headers.raw)[b"x-request-id"] == b"\xa9" * 200
         assert metric_value((await client.get("/metrics")).text, "longdoc_ready") == 1
 
 
@@ -84,8 +91,11 @@ async def test_probes_and_the_page_answer_head(client_factory: ClientFactory) ->
             assert response.status_code == 200, (path, response.text)
         assert (await client.head("/")).headers["content-type"].startswith("text/html")
         assert (await client.head("/classify")).status_code == 405
-        for path in ("/health", "/health/live", "/"):  # a wrong method names the one that works
-            assert (await client.delete(path)).headers["allow"] == "GET", path
+        allowed = {"/health": "GET, HEAD", "/health/live": "GET, HEAD", "/": "GET, HEAD, POST", "/classify": "POST"}
+        for path, methods in allowed.items():  # a wrong method names every one that works there
+            refused = await client.delete(path)
+            assert refused.headers["allow"] == methods, path
+            assert refused.json()["error"]["message"] == f"DELETE is not allowed on {path}; allowed: {methods}"
 
 
 class GpuFakeEngine(FakeEngine):
@@ -317,6 +327,8 @@ async def test_body_without_content_type_is_read_as_json(
         response = await client.post("/classify", content=b'{"text": "no content type"}')
         assert "content-type" not in response.request.headers
         assert response.status_code == 200, response.text
+        empty = await client.post("/classify", content=b'{"text": "empty"}', headers={"Content-Type": ""})
+        assert empty.status_code == 200, empty.text  # an empty header declares nothing either
         identity = {"Content-Encoding": "identity, Identity"}  # no coding at all, however spelled
         assert (await client.post("/classify", json={"text": "a"}, headers=identity)).status_code == 200
 
@@ -431,6 +443,55 @@ async def test_failing_batch_fails_only_its_request(client_factory: ClientFactor
         second = await client.post("/classify", json={"text": "second"})
         assert second.status_code == 200
         assert (await client.get("/health")).status_code == 200
+
+
+class TokenizerSpy:
+    """Wraps the service's `segment_many`: counts calls and the most that ran at once (each held 0.2 s)."""
+
+    def __init__(self, service: Any) -> None:
+        self.inner = service.segmenter.segment_many
+        self.calls = self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
+        service.segmenter.segment_many = self
+
+    def __call__(self, texts: list[str], max_chunks: int | None = None) -> Any:
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(0.2)
+            return self.inner(texts, max_chunks)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+async def test_a_request_too_large_for_the_queue_stops_tokenizing_once_it_shows(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """Texts are tokenized in groups of max_tokenizing_chars; the 413 comes after the group that shows it."""
+    async with client_factory(engine=fake_engine, max_queue_chunks=10, max_tokenizing_chars=600) as client:
+        spy = TokenizerSpy(client.app.state.service)  # type: ignore[attr-defined]
+        response = await client.post("/classify", json={"texts": ["good " * 100] * 5})  # 4 chunks each
+    assert_error(
+        response, 413, "payload_too_large", "at least 12 chunks (its first 3 of 5 texts)", "max_queue_chunks is 10"
+    )
+    assert spy.calls == 3
+
+
+@pytest.mark.parametrize(("budget", "most_at_once"), [(600, 1), (1000, 2)])
+async def test_concurrent_tokenization_stays_within_the_character_budget(
+    client_factory: ClientFactory, fake_engine: FakeEngine, budget: int, most_at_once: int
+) -> None:
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=budget) as client:
+        spy = TokenizerSpy(client.app.state.service)  # type: ignore[attr-defined]
+        first, second = await asyncio.gather(
+            client.post("/classify", json={"text": "good " * 100}),
+            client.post("/classify", json={"text": "bad " * 125}),
+        )
+    assert first.status_code == second.status_code == 200
+    assert spy.most_at_once == most_at_once
 
 
 async def test_deadline_holds_while_a_huge_text_is_tokenized(

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.schemas import ClassifyRequest
-from app.server import DrainingServer
+from app.server import DrainingServer, failure_status
 from app.service import RequestStats
 from app.settings import Settings
 from tests.conftest import FakeEngine
@@ -170,7 +170,19 @@ async def test_serve_exits_with_status_1_when_the_model_fails_to_load(tmp_path: 
     app = create_app(Settings(model_dir=broken, num_threads=2), load_in_background=True)
     server, serving, _ = await serve_on_loopback(app, drain_timeout_s=5, probe="/health/live")
     await asyncio.wait_for(serving, 30)  # exits on its own, within a watchdog round of the failure
-    assert server.failed
+    assert server.failed and failure_status(app) == 1
+
+
+async def test_serve_exits_with_status_2_when_a_setting_does_not_fit_the_loaded_model(
+    tiny_model_dir: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stride is checked against the model's window once the model is loaded; a restart cannot fix it."""
+    app = create_app(Settings(model_dir=tiny_model_dir, num_threads=2, stride=300), load_in_background=True)
+    server, serving, _ = await serve_on_loopback(app, drain_timeout_s=5, probe="/health/live")
+    await asyncio.wait_for(serving, 30)
+    assert server.failed and failure_status(app) == 2
+    assert "a setting does not fit the model: stride must satisfy 0 <= stride < 62" in caplog.text
+    assert "exiting with status 2" in caplog.text
 
 
 def classify_scope() -> dict[str, Any]:

@@ -271,6 +271,8 @@ async def test_dead_batcher_fails_waiters_and_reports_not_running() -> None:
     await asyncio.sleep(0)
     assert not batcher.running
     assert isinstance(batcher._task.exception(), AssertionError)  # type: ignore[union-attr]
+    await batcher.stop(1)  # the shutdown still completes: the crash was logged and every caller answered
+    assert batcher._executor is not None and batcher._executor._shutdown  # type: ignore[attr-defined]
 
 
 async def test_batching_off_runs_one_request_per_forward() -> None:

@@ -40,6 +40,20 @@ def test_mean_pooling_reads_the_average_of_real_tokens_only(mean_pooled_dir: Pat
     assert not torch.allclose(together[0], cls_head[0], atol=1e-3)  # not the [CLS] pooler's answer
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_serves_float32_logits_and_warns_where_it_is_emulated(
+    tiny_model_dir: Path, native: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("app.model.cpu_has_native_bf16", lambda: native)
+    loaded = load_model(tiny_model_dir, device="cpu", dtype="bfloat16")
+    reference = load_model(tiny_model_dir, device="cpu")
+    ids = loaded.tokenizer("bfloat16 keeps about three significant digits")["input_ids"]
+    logits = loaded.forward([ids])
+    assert loaded.dtype_name == "bfloat16" and logits.dtype == torch.float32
+    assert torch.allclose(logits, reference.forward([ids]), atol=0.1, rtol=0.05)
+    assert ("emulated: slower than float32" in caplog.text) is not native
+
+
 def test_checkpoints_without_pooling_keep_the_cls_head(tiny_model_dir: Path) -> None:
     loaded = load_model(tiny_model_dir, device="cpu")
     ids = loaded.tokenizer("the [CLS] pooler decides")["input_ids"]

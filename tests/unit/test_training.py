@@ -393,11 +393,27 @@ def test_eval_cli_names_a_bad_file_and_exits_2(
     tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = _write_jsonl(tmp_path / "train.jsonl", late_keyword_corpus(4, seed=3))
+    tiny_labels = tmp_path / "tiny_labels.jsonl"  # the labels of the tiny base's head
+    tiny_labels.write_text('{"text": "a b", "label": "negative"}\n{"text": "c d", "label": "positive"}\n')
     cases = [
         (["--predictions", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file"),
-        (["--predictions", str(data)], "train.jsonl:1: not a prediction record (lacks ['labels', 'chunk_logits'])"),
+        (
+            ["--predictions", str(data)],
+            "train.jsonl:1: not a prediction record (lacks ['labels', 'chunk_logits', 'token_counts'])",
+        ),
         (["--model", str(tmp_path), "--data", str(data)], "not a Hugging Face checkpoint"),
+        (["--model", str(tiny_base), "--data", str(tiny_labels), "--max-length", "0"], "max_length 0 leaves no room"),
     ]
+    good = {"label": "a", "labels": ["a", "b"], "chunk_logits": [[1.0, 0.0]], "token_counts": [5]}
+    broken = {
+        "unknown_label.jsonl": ({"label": "c"}, "unknown_label.jsonl:2: label 'c' is not one of labels ['a', 'b']"),
+        "no_logits.jsonl": ({"chunk_logits": []}, "no_logits.jsonl:2: chunk_logits must be a non-empty list of rows"),
+        "short_row.jsonl": ({"chunk_logits": [[1.0]]}, "rows of 2 numbers (one per label)"),
+        "counts.jsonl": ({"token_counts": [5, 6]}, "counts.jsonl:2: token_counts must give one count per chunk (1"),
+    }
+    for name, (change, message) in broken.items():
+        write_records(tmp_path / name, [good, {**good, **change}])
+        cases.append((["--predictions", str(tmp_path / name)], message))
     for args, message in cases:
         assert cli_main(["eval", *args]) == 2
         assert message in capsys.readouterr().err
