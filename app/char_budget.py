@@ -10,7 +10,8 @@ until its caller stops waiting.
 glibc keeps what a large tokenization freed (about 0.9 GB after 2 million CJK characters) in the arena of
 the thread that ran it, and each executor thread has its own arena: measured on a server, four such
 texts one after another left 3.7 GB resident. So after a large reservation the worker thread hands freed
-memory back to the system (`malloc_trim`, where the C library has it).
+memory back to the system (`malloc_trim`, where the C library has it: measured 1 ms after 100,000 characters
+of English, 9 ms after a million, 40 ms after 2 million CJK characters, on the worker thread).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class CharacterBudget:
         self.held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._trim = _malloc_trim()
+
+    @property
+    def waiting(self) -> int:
+        """Reservations waiting for characters (a cancelled one leaves at its next loop step)."""
+        return sum(1 for _, granted in self._waiters if not granted.done())
+
+    @property
+    def waiting_chars(self) -> int:
+        return sum(amount for amount, granted in self._waiters if not granted.done())
 
     async def run_in_thread(self, chars: int, work: Callable[[], T]) -> T:
         """`work()` in a worker thread once `chars` characters are free; they stay reserved until it returns."""

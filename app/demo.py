@@ -35,7 +35,7 @@ class DemoRoute(APIRoute):
 router = APIRouter(include_in_schema=False, route_class=DemoRoute)
 
 
-@router.head("/")  # uptime checks often probe with HEAD; registered after GET, so a 405 says `Allow: GET`
+@router.head("/")  # uptime checks often probe with HEAD
 @router.get("/")
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)

@@ -27,7 +27,7 @@ from app.errors import Draining, install_error_handlers
 from app.metrics import Metrics
 from app.middleware import InFlight, RequestContextMiddleware
 from app.model import Engine, load_model
-from app.segmenter import Segmenter
+from app.segmenter import Segmenter, WindowError
 from app.service import ClassifierService
 from app.settings import (
     ConfigurationError,
@@ -106,6 +106,8 @@ def create_app(
     app.state.startup = None
     app.state.in_flight = in_flight
     metrics.ready.set_function(lambda: float(app.state.service is not None and app.state.service.ready))
+    metrics.tokenizing_chars.set_function(lambda: app.state.service.tokenizing.held if app.state.service else 0)
+    metrics.tokenizing_waiting.set_function(lambda: app.state.service.tokenizing.waiting if app.state.service else 0)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(classify_router)
@@ -163,10 +165,10 @@ async def _start(
         loaded = await _in_daemon_thread(
             lambda: load_model(settings.model_dir, settings.device, settings.dtype, settings.quantize)
         )
+    serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)  # ConfigurationError
     try:
-        serving = resolve_serving(settings, loaded.metadata, loaded.max_positions)
         segmenter = Segmenter(loaded.tokenizer, serving.max_length, serving.stride)
-    except ValueError as exc:  # a window or stride the model cannot take: known only once it is loaded
+    except WindowError as exc:  # a window or stride the model cannot take: known only once it is loaded
         raise ConfigurationError(str(exc)) from exc
     batcher = Batcher(
         loaded.forward,

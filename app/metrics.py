@@ -85,6 +85,16 @@ class Metrics:
         for endpoint in CLASSIFY_ENDPOINTS:
             for status in CLASSIFY_STATUSES:
                 self.requests.labels(endpoint=endpoint, status=status)
+        self.tokenizing_chars = Gauge(
+            "longdoc_tokenizing_chars",
+            "Characters being tokenized now (at most max_tokenizing_chars; held until the tokenizer thread ends).",
+            registry=r,
+        )
+        self.tokenizing_waiting = Gauge(
+            "longdoc_tokenizing_waiting",
+            "Requests waiting for the tokenization character budget.",
+            registry=r,
+        )
         self.ready = Gauge(
             "longdoc_ready",
             "1 while the replica takes work: model loaded and warmed up, inference worker running, not draining.",

@@ -197,6 +197,8 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 def client_request_id(raw: bytes, limit: int = 200) -> str:
     """The client's id, at most `limit` bytes, echoed byte for byte (header bytes map 1:1 to Latin-1). A
     UTF-8 id is cut between whole characters, so the echo is still UTF-8 and a prefix of what was sent."""
+    if len(raw) <= limit:
+        return raw.decode("latin-1")
     cut = raw[:limit]
     for back in range(min(4, len(cut))):  # a UTF-8 character is at most 4 bytes
         try:

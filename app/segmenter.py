@@ -38,6 +38,10 @@ class Segmented:
     truncated: bool = False
 
 
+class WindowError(ValueError):
+    """A max_length or stride that the tokenizer's window cannot take (a setting, not a broken model)."""
+
+
 def expected_chunk_count(num_tokens: int, window: int, stride: int) -> int:
     """The documented chunk-count formula (DESIGN.md): 1 if it fits, else 1 + ceil((n - W) / (W - stride))."""
     if num_tokens <= window:
@@ -70,9 +74,9 @@ class Segmenter:
         self.max_length = max_length
         self.window = max_length - len(self.prefix) - len(self.suffix)
         if self.window < 1:
-            raise ValueError(f"max_length {max_length} leaves no room for content next to the special tokens")
+            raise WindowError(f"max_length {max_length} leaves no room for content next to the special tokens")
         if not 0 <= stride < self.window:
-            raise ValueError(
+            raise WindowError(
                 f"stride must satisfy 0 <= stride < {self.window} (max_length {max_length} minus "
                 f"{len(self.prefix) + len(self.suffix)} special tokens), got {stride}"
             )

@@ -29,6 +29,7 @@ from app.segmenter import Segmented, Segmenter
 from app.settings import ServingConfig, Settings
 
 EXCERPT_CHARS = 280
+WAITING_BUDGETS = 4  # characters that may wait to be tokenized, in multiples of max_tokenizing_chars
 GRAPHEME = regex.compile(r"\X")
 
 
@@ -99,6 +100,7 @@ class ClassifierService:
                 f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
                 self.batcher.retry_after_s(),
             )
+        self._check_tokenizer_room(texts)
         deadline = received_at + self.settings.request_timeout_s
         segmented = await self._segment(texts, request.max_chunks, deadline)
         for name, seg in zip(names, segmented, strict=True):
@@ -152,6 +154,19 @@ class ClassifierService:
                     f"{exc.start} (a JSON \\u escape of half a surrogate pair); send valid UTF-8 text"
                 ) from None
 
+    def _check_tokenizer_room(self, texts: Sequence[str]) -> None:
+        """The wait for the character budget is a queue too, and each waiter holds its body: bounded, so a
+        burst of large texts gets 429s instead of piling up into 504s. A request counts its first group only
+        (its groups wait one at a time), and one arriving when nothing waits is always taken."""
+        waiting, budget = self.tokenizing.waiting_chars, self.tokenizing.capacity
+        if waiting and waiting + min(sum(map(len, texts)), budget) > WAITING_BUDGETS * budget:
+            raise Overloaded(
+                f"tokenization queue full: {waiting} characters wait to be tokenized; at most {WAITING_BUDGETS} x "
+                f"max_tokenizing_chars {budget} may wait",
+                self.batcher.retry_after_s(),
+                reason="queue_full",
+            )
+
     async def _segment(self, texts: list[str], max_chunks: int | None, deadline: float) -> list[Segmented]:
         """Tokenization of a large text takes a while: it runs in a worker thread, never on the loop, and
         under the request's deadline (a thread cannot be stopped: it finishes and its result is dropped).
@@ -184,8 +199,8 @@ class ClassifierService:
                 return segmented
         except TimeoutError as exc:
             raise DeadlineExceeded(
-                f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing "
-                f"{len(texts)} text(s) of {sum(map(len, texts))} characters"
+                f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing (or waiting to "
+                f"tokenize) {len(texts)} text(s) of {sum(map(len, texts))} characters"
             ) from exc
 
     def _document_result(

@@ -237,12 +237,14 @@ def resolve_serving(settings: Settings, metadata: dict[str, Any], max_positions:
     """Environment > longdoc.json > built-in; the window must fit the model's position embeddings."""
     max_length = settings.max_length or _stored(metadata, "max_length", int, min(512, max_positions))
     if max_length > max_positions:
-        raise ValueError(f"max_length {max_length} exceeds the model's position limit {max_positions}")
+        raise ConfigurationError(f"max_length {max_length} exceeds the model's position limit {max_positions}")
     stride = settings.stride if settings.stride is not None else _stored(metadata, "stride", int, 0)
     aggregation = settings.aggregation or _stored(metadata, "aggregation", Aggregation, Aggregation.MEAN_LOGITS)
     threshold = settings.threshold if settings.threshold is not None else _stored(metadata, "threshold", float, 0.5)
     if not 0 < threshold < 1:  # only longdoc.json can get here: the setting itself is range-checked
-        raise ValueError(f"threshold in {MODEL_METADATA_FILE} must be between 0 and 1 (exclusive), got {threshold}")
+        raise ConfigurationError(
+            f"threshold in {MODEL_METADATA_FILE} must be between 0 and 1 (exclusive), got {threshold}"
+        )
     return ServingConfig(max_length=max_length, stride=stride, aggregation=aggregation, threshold=threshold)
 
 
@@ -258,4 +260,4 @@ def _stored(metadata: dict[str, Any], key: str, kind: Callable[[Any], T], defaul
             expected = "one of " + ", ".join(a.value for a in Aggregation)
         else:
             expected = "an integer" if kind is int else "a number"
-        raise ValueError(f"{key} in {MODEL_METADATA_FILE} must be {expected}; got {value!r}") from None
+        raise ConfigurationError(f"{key} in {MODEL_METADATA_FILE} must be {expected}; got {value!r}") from None

@@ -225,15 +225,19 @@ def _record_problem(record: dict[str, Any]) -> str | None:
     labels, logits, counts = record["labels"], record["chunk_logits"], record["token_counts"]
     if not isinstance(labels, list) or record["label"] not in labels:
         return f"label {record['label']!r} is not one of labels {labels!r}"
-    if (
-        not isinstance(logits, list)
-        or not logits
-        or any(not isinstance(r, list) or len(r) != len(labels) for r in logits)
-    ):
+    if not isinstance(logits, list) or not logits or any(not _numbers(row, len(labels)) for row in logits):
         return f"chunk_logits must be a non-empty list of rows of {len(labels)} numbers (one per label)"
     if not isinstance(counts, list) or len(counts) != len(logits):
         return f"token_counts must give one count per chunk ({len(logits)} chunks)"
     return None
+
+
+def _numbers(row: Any, count: int) -> bool:
+    return (
+        isinstance(row, list)
+        and len(row) == count
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
+    )
 
 
 def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ ALL_METRICS = [
     "longdoc_requests_total",
     "longdoc_request_duration_seconds",
     "longdoc_queue_depth",
+    "longdoc_tokenizing_chars",
+    "longdoc_tokenizing_waiting",
     "longdoc_requests_in_flight",
     "longdoc_ready",
     "longdoc_batch_size",
@@ -80,6 +83,8 @@ async def test_health_info_and_request_id(client_factory: ClientFactory) -> None
         assert dict(utf8.headers.raw)[b"x-request-id"] == ("a" + "é" * 99).encode()  # not the first byte of the 100th
         other = await client.get("/health", headers={"X-Request-ID": b"\xa9" * 250})
         assert dict(other.headers.raw)[b"x-request-id"] == b"\xa9" * 200
+        short = await client.get("/health", headers={"X-Request-ID": b"id-\xa9"})  # under the limit: as sent
+        assert dict(short.headers.raw)[b"x-request-id"] == b"id-\xa9"
         assert metric_value((await client.get("/metrics")).text, "longdoc_ready") == 1
 
 
@@ -452,6 +457,8 @@ class TokenizerSpy:
         self.inner = service.segmenter.segment_many
         self.calls = self.running = self.most_at_once = 0
         self.lock = threading.Lock()
+        self.gate = threading.Event()  # cleared: every tokenization waits for the test to open it
+        self.gate.set()
         service.segmenter.segment_many = self
 
     def __call__(self, texts: list[str], max_chunks: int | None = None) -> Any:
@@ -460,6 +467,7 @@ class TokenizerSpy:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
+            assert self.gate.wait(10), "the test never opened the gate"
             time.sleep(0.2)
             return self.inner(texts, max_chunks)
         finally:
@@ -494,6 +502,73 @@ async def test_concurrent_tokenization_stays_within_the_character_budget(
     assert spy.most_at_once == most_at_once
 
 
+async def test_metrics_show_the_tokenization_budget_in_use_and_who_waits(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=600) as client:
+        spy = TokenizerSpy(client.app.state.service)  # type: ignore[attr-defined]
+        spy.gate.clear()
+        requests = [asyncio.create_task(client.post("/classify", json={"text": "good " * 100})) for _ in range(2)]
+        for _ in range(500):  # until the first tokenization runs (held at the gate)
+            if spy.running:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the second request reaches the budget and waits
+        busy = (await client.get("/metrics")).text
+        spy.gate.set()
+        assert [r.status_code for r in await asyncio.gather(*requests)] == [200, 200]
+        idle = (await client.get("/metrics")).text
+    assert metric_value(busy, "longdoc_tokenizing_chars") == 500
+    assert metric_value(busy, "longdoc_tokenizing_waiting") == 1
+    assert metric_value(idle, "longdoc_tokenizing_chars") == metric_value(idle, "longdoc_tokenizing_waiting") == 0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_the_wait_for_the_tokenization_budget_is_bounded(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """Four budgets of characters may wait; past that a request gets 429 at once, not a 504 later."""
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=600) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        spy = TokenizerSpy(service)
+        spy.gate.clear()
+        admitted = []
+        for _ in range(5):  # one tokenizing, four waiting: 2,000 characters, under 4 x 600
+            admitted.append(asyncio.create_task(client.post("/classify", json={"text": "good " * 100})))
+            await until(lambda: spy.running + service.tokenizing.waiting == len(admitted))
+        refused = await client.post("/classify", json={"text": "good " * 100})
+        spy.gate.set()
+        statuses = [r.status_code for r in await asyncio.gather(*admitted)]
+    assert_error(refused, 429, "overloaded", "2000 characters wait to be tokenized", "4 x max_tokenizing_chars 600")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert statuses == [200] * 5
+
+
+async def test_a_deadline_passing_while_waiting_for_the_budget_is_a_504(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=600, request_timeout_s=0.5) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        spy = TokenizerSpy(service)
+        spy.gate.clear()
+        first = asyncio.create_task(client.post("/classify", json={"text": "good " * 100}))
+        await until(lambda: spy.running == 1)
+        waited = await client.post("/classify", json={"text": "bad " * 125})
+        assert service.tokenizing.held == 500  # the first thread still runs: its characters stay reserved
+        spy.gate.set()
+        await first
+        await until(lambda: service.tokenizing.held == 0)
+    assert_error(waited, 504, "deadline_exceeded", "while tokenizing (or waiting to tokenize) 1 text(s) of 500")
+    assert spy.calls == 1  # the one that timed out waiting never reached the tokenizer
+
+
 async def test_deadline_holds_while_a_huge_text_is_tokenized(
     client_factory: ClientFactory, fake_engine: FakeEngine
 ) -> None:
@@ -501,7 +576,13 @@ async def test_deadline_holds_while_a_huge_text_is_tokenized(
     async with client_factory(engine=fake_engine, request_timeout_s=0.001) as client:
         calls = len(fake_engine.calls)
         response = await client.post("/classify", json={"text": "zebra crossing " * 100_000})
-    assert_error(response, 504, "deadline_exceeded", "request_timeout_s 0.001", "while tokenizing 1 text(s)")
+    assert_error(
+        response,
+        504,
+        "deadline_exceeded",
+        "request_timeout_s 0.001",
+        "while tokenizing (or waiting to tokenize) 1 text(s)",
+    )
     assert len(fake_engine.calls) == calls
 
 

@@ -409,6 +409,7 @@ def test_eval_cli_names_a_bad_file_and_exits_2(
         "unknown_label.jsonl": ({"label": "c"}, "unknown_label.jsonl:2: label 'c' is not one of labels ['a', 'b']"),
         "no_logits.jsonl": ({"chunk_logits": []}, "no_logits.jsonl:2: chunk_logits must be a non-empty list of rows"),
         "short_row.jsonl": ({"chunk_logits": [[1.0]]}, "rows of 2 numbers (one per label)"),
+        "text_logit.jsonl": ({"chunk_logits": [[1.0, "high"]]}, "text_logit.jsonl:2: chunk_logits must be"),
         "counts.jsonl": ({"token_counts": [5, 6]}, "counts.jsonl:2: token_counts must give one count per chunk (1"),
     }
     for name, (change, message) in broken.items():
