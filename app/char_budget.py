@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 TRIM_AFTER_CHARS = 100_000  # smaller texts free too little to be worth a walk over the heap
+RATE_AFTER_CHARS = 10_000
 
 
 class CharacterBudget:
@@ -37,19 +39,28 @@ class CharacterBudget:
         self.held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._trim = _malloc_trim()
+        self._chars_per_s = 0.0  # moving average over finished tokenizations, for Retry-After
 
     @property
     def waiting(self) -> int:
         """Reservations waiting for characters (a cancelled one leaves at its next loop step)."""
         return sum(1 for _, granted in self._waiters if not granted.done())
 
-    @property
-    def waiting_chars(self) -> int:
-        return sum(amount for amount, granted in self._waiters if not granted.done())
+    def seconds_for(self, chars: int) -> float:
+        """How long `chars` characters take to tokenize at the recently measured rate (1 s before any)."""
+        return chars / self._chars_per_s if self._chars_per_s else 1.0
 
-    async def run_in_thread(self, chars: int, work: Callable[[], T]) -> T:
-        """`work()` in a worker thread once `chars` characters are free; they stay reserved until it returns."""
+    async def run_in_thread(self, chars: int, work: Callable[[], T], admit: Callable[[], None] | None = None) -> T:
+        """`work()` in a worker thread once `chars` characters are free; they stay reserved until it returns.
+        `admit()` runs once they are granted, before the thread starts: raising there gives them back."""
         amount = await self._acquire(min(chars, self.capacity))
+        if admit is not None:
+            try:
+                admit()
+            except BaseException:
+                self._release(amount)
+                raise
+        started = time.perf_counter()
 
         def work_then_trim() -> T:
             try:
@@ -57,6 +68,10 @@ class CharacterBudget:
             finally:
                 if amount >= TRIM_AFTER_CHARS and self._trim is not None:
                     self._trim(0)
+                elapsed = time.perf_counter() - started
+                if chars >= RATE_AFTER_CHARS and elapsed > 0:  # small texts time the thread hop, not the tokenizer
+                    rate = chars / elapsed  # a float store: atomic under the GIL
+                    self._chars_per_s = rate if not self._chars_per_s else 0.7 * self._chars_per_s + 0.3 * rate
 
         thread = asyncio.ensure_future(asyncio.to_thread(work_then_trim))
         thread.add_done_callback(lambda finished: self._settle(finished, amount))

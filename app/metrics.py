@@ -23,6 +23,7 @@ REJECTION_REASONS = (
     "body_timeout",
     "too_many_chunks",
     "queue_full",
+    "tokenizer_busy",
     "no_room",
     "not_ready",
     "draining",

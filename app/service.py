@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from app.segmenter import Segmented, Segmenter
 from app.settings import ServingConfig, Settings
 
 EXCERPT_CHARS = 280
-WAITING_BUDGETS = 4  # characters that may wait to be tokenized, in multiples of max_tokenizing_chars
+BACKLOG_BUDGETS = 5  # characters admitted and not yet tokenized, in multiples of max_tokenizing_chars
 GRAPHEME = regex.compile(r"\X")
 
 
@@ -60,6 +61,7 @@ class ClassifierService:
         self.settings = settings
         self.metrics = metrics
         self.tokenizing = CharacterBudget(settings.max_tokenizing_chars)
+        self.tokenize_backlog = 0  # characters of admitted requests not yet tokenized (waiting or running)
         self.warmed_up = False
         self.draining = False
 
@@ -95,12 +97,7 @@ class ClassifierService:
         if names is None:
             names = ["text"] if request.text is not None else [f"texts[{index}]" for index in range(len(texts))]
         self._check_limits(texts, names)
-        if self.batcher.pending >= self.batcher.max_queue_chunks:  # before any work
-            raise Overloaded(
-                f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
-                self.batcher.retry_after_s(),
-            )
-        self._check_tokenizer_room(texts)
+        self._check_queue_room()  # before any work
         deadline = received_at + self.settings.request_timeout_s
         segmented = await self._segment(texts, request.max_chunks, deadline)
         for name, seg in zip(names, segmented, strict=True):
@@ -154,17 +151,24 @@ class ClassifierService:
                     f"{exc.start} (a JSON \\u escape of half a surrogate pair); send valid UTF-8 text"
                 ) from None
 
-    def _check_tokenizer_room(self, texts: Sequence[str]) -> None:
-        """The wait for the character budget is a queue too, and each waiter holds its body: bounded, so a
-        burst of large texts gets 429s instead of piling up into 504s. A request counts its first group only
-        (its groups wait one at a time), and one arriving when nothing waits is always taken."""
-        waiting, budget = self.tokenizing.waiting_chars, self.tokenizing.capacity
-        if waiting and waiting + min(sum(map(len, texts)), budget) > WAITING_BUDGETS * budget:
+    def _check_queue_room(self) -> None:
+        if self.batcher.pending >= self.batcher.max_queue_chunks:
             raise Overloaded(
-                f"tokenization queue full: {waiting} characters wait to be tokenized; at most {WAITING_BUDGETS} x "
-                f"max_tokenizing_chars {budget} may wait",
+                f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",
                 self.batcher.retry_after_s(),
-                reason="queue_full",
+            )
+
+    def _check_tokenizer_room(self, chars: int) -> None:
+        """The wait for the character budget is a queue too, and each waiter holds its body: bounded, so a
+        burst of large texts gets 429s instead of piling up into 504s. A request arriving when nothing is
+        admitted is always taken, whatever its size."""
+        backlog, limit = self.tokenize_backlog, BACKLOG_BUDGETS * self.tokenizing.capacity
+        if backlog and backlog + chars > limit:
+            raise Overloaded(
+                f"tokenizer busy: {backlog} characters of earlier requests are not yet tokenized; at most "
+                f"{BACKLOG_BUDGETS} x max_tokenizing_chars = {limit} may be",
+                max(1, math.ceil(self.tokenizing.seconds_for(backlog))),
+                reason="tokenizer_busy",
             )
 
     async def _segment(self, texts: list[str], max_chunks: int | None, deadline: float) -> list[Segmented]:
@@ -179,15 +183,21 @@ class ClassifierService:
         lands in the loop step where the work finishes (CPython gh-86296), and the request of a client that
         just left would go on to queue all its chunks."""
         segmented: list[Segmented] = []
+        untokenized = sum(map(len, texts))
+        self._check_tokenizer_room(untokenized)
+        self.tokenize_backlog += untokenized
         try:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:  # before handing a thread work whose result would be dropped
                 raise TimeoutError
             async with asyncio.timeout(remaining):
                 for group in _groups_by_chars(texts, self.tokenizing.capacity):
+                    size = sum(map(len, group))
                     segmented += await self.tokenizing.run_in_thread(
-                        sum(map(len, group)), partial(self.segmenter.segment_many, group, max_chunks)
+                        size, partial(self.segmenter.segment_many, group, max_chunks), admit=self._check_queue_room
                     )
+                    untokenized -= size
+                    self.tokenize_backlog -= size
                     chunks = sum(len(seg.chunks) for seg in segmented)
                     if chunks > self.batcher.max_queue_chunks and len(segmented) < len(texts):
                         raise PayloadTooLarge(
@@ -202,6 +212,8 @@ class ClassifierService:
                 f"request_timeout_s {self.settings.request_timeout_s:g} passed while tokenizing (or waiting to "
                 f"tokenize) {len(texts)} text(s) of {sum(map(len, texts))} characters"
             ) from exc
+        finally:
+            self.tokenize_backlog -= untokenized  # what this request will no longer tokenize
 
     def _document_result(
         self,

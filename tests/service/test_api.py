@@ -19,6 +19,7 @@ import pytest
 
 from app.errors import REJECTION_STATUSES, LongdocError, Overloaded
 from app.segmenter import expected_chunk_count
+from app.settings import ConfigurationError
 from tests.conftest import FakeEngine, build_tiny_bert, long_text
 from tests.service.conftest import ClientFactory
 
@@ -152,7 +153,7 @@ async def test_a_bad_threshold_in_the_model_metadata_stops_start_up(
 ) -> None:
     """longdoc.json is validated like the environment: 7.5 would silently give every text labels: []."""
     fake_engine.metadata = {"max_length": 32, "stride": 4, "aggregation": "mean_logits", "threshold": 7.5}
-    with pytest.raises(ValueError, match=r"threshold in longdoc.json must be between 0 and 1 .*got 7.5"):
+    with pytest.raises(ConfigurationError, match=r"threshold in longdoc.json must be between 0 and 1 .*got 7.5"):
         async with client_factory(engine=fake_engine):
             pass
 
@@ -509,11 +510,8 @@ async def test_metrics_show_the_tokenization_budget_in_use_and_who_waits(
         spy = TokenizerSpy(client.app.state.service)  # type: ignore[attr-defined]
         spy.gate.clear()
         requests = [asyncio.create_task(client.post("/classify", json={"text": "good " * 100})) for _ in range(2)]
-        for _ in range(500):  # until the first tokenization runs (held at the gate)
-            if spy.running:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the second request reaches the budget and waits
+        service = client.app.state.service  # type: ignore[attr-defined]
+        await until(lambda: spy.running == 1 and service.tokenizing.waiting == 1)
         busy = (await client.get("/metrics")).text
         spy.gate.set()
         assert [r.status_code for r in await asyncio.gather(*requests)] == [200, 200]
@@ -531,24 +529,32 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-async def test_the_wait_for_the_tokenization_budget_is_bounded(
-    client_factory: ClientFactory, fake_engine: FakeEngine
+@pytest.mark.parametrize(
+    ("texts", "admitted", "backlog"),
+    [(["good " * 100], 6, 3000), (["a" * 100, "x" * 550], 4, 2600)],  # one group each; two groups each
+)
+async def test_characters_admitted_but_not_yet_tokenized_are_bounded(
+    client_factory: ClientFactory, fake_engine: FakeEngine, texts: list[str], admitted: int, backlog: int
 ) -> None:
-    """Four budgets of characters may wait; past that a request gets 429 at once, not a 504 later."""
+    """Five budgets of characters may be admitted and not yet tokenized (counting every group of a request);
+    past that a request gets 429 at once, not a 504 later."""
     async with client_factory(engine=fake_engine, max_tokenizing_chars=600) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         spy = TokenizerSpy(service)
         spy.gate.clear()
-        admitted = []
-        for _ in range(5):  # one tokenizing, four waiting: 2,000 characters, under 4 x 600
-            admitted.append(asyncio.create_task(client.post("/classify", json={"text": "good " * 100})))
-            await until(lambda: spy.running + service.tokenizing.waiting == len(admitted))
-        refused = await client.post("/classify", json={"text": "good " * 100})
+        accepted: list[asyncio.Task[httpx.Response]] = []
+        for _ in range(admitted):
+            accepted.append(asyncio.create_task(client.post("/classify", json={"texts": texts})))
+            await until(lambda: service.tokenize_backlog == len(accepted) * sum(map(len, texts)))
+        refused = await client.post("/classify", json={"texts": texts})
         spy.gate.set()
-        statuses = [r.status_code for r in await asyncio.gather(*admitted)]
-    assert_error(refused, 429, "overloaded", "2000 characters wait to be tokenized", "4 x max_tokenizing_chars 600")
-    assert int(refused.headers["retry-after"]) >= 1
-    assert statuses == [200] * 5
+        statuses = [r.status_code for r in await asyncio.gather(*accepted)]
+        assert service.tokenize_backlog == 0
+        metrics = (await client.get("/metrics")).text
+    assert_error(refused, 429, "overloaded", f"tokenizer busy: {backlog} characters", "5 x max_tokenizing_chars = 3000")
+    assert "retry-after" in refused.headers
+    assert statuses == [200] * admitted
+    assert metric_value(metrics, "longdoc_rejected_total", reason="tokenizer_busy") == 1
 
 
 async def test_a_deadline_passing_while_waiting_for_the_budget_is_a_504(
@@ -706,10 +712,10 @@ def test_invalid_settings_name_the_value(tiny_model_dir: Path, tmp_path: Path) -
 
 
 async def test_window_longer_than_the_model_is_refused_at_start(client_factory: ClientFactory) -> None:
-    with pytest.raises(ValueError, match="max_length 200 exceeds the model's position limit 128"):
+    with pytest.raises(ConfigurationError, match="max_length 200 exceeds the model's position limit 128"):
         async with client_factory(max_length=200):
             pass
-    with pytest.raises(ValueError, match=r"stride must satisfy 0 <= stride < 62 .*got 62"):
+    with pytest.raises(ConfigurationError, match=r"stride must satisfy 0 <= stride < 62 .*got 62"):
         async with client_factory(stride=62):
             pass
 

@@ -96,3 +96,23 @@ async def test_a_failing_tokenization_raises_and_gives_its_characters_back() -> 
         await budget.run_in_thread(10, fail)
     assert budget.held == 0
     assert await budget.run_in_thread(10, lambda: "after") == "after"
+
+
+async def test_an_admission_check_that_refuses_gives_the_characters_back_and_runs_nothing() -> None:
+    budget = CharacterBudget(10)
+    ran: list[str] = []
+
+    def refuse() -> None:
+        raise RuntimeError("queue full")
+
+    with pytest.raises(RuntimeError, match="queue full"):
+        await budget.run_in_thread(5, lambda: ran.append("work"), admit=refuse)
+    assert ran == [] and budget.held == 0
+
+
+async def test_retry_estimates_scale_with_the_measured_tokenization_rate() -> None:
+    budget = CharacterBudget(100_000)
+    assert budget.seconds_for(50_000) == 1.0  # nothing measured yet
+    await budget.run_in_thread(20_000, lambda: sum(range(200_000)))
+    one = budget.seconds_for(10_000)
+    assert one > 0 and budget.seconds_for(40_000) == pytest.approx(4 * one)
