@@ -143,9 +143,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if reason is not None:
             request.app.state.metrics.rejected.labels(reason=reason).inc()
         headers = getattr(exc, "headers", None)
+        message = http_error_message(exc, request)
         if exc.status_code == 405:
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-        return JSONResponse(error_body(error_type, http_error_message(exc, request)), exc.status_code, headers=headers)
+            allowed = ", ".join(allowed_methods(request))
+            headers = {**(headers or {}), "Allow": allowed}
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        return JSONResponse(error_body(error_type, message), exc.status_code, headers=headers)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -170,6 +173,4 @@ def http_error_message(exc: StarletteHTTPException, request: Request) -> str:
         return f"no route {request.method} {path}{hint}"
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's "There was an error parsing the body"
         return f"request body is not valid JSON: {str(exc.__cause__)[:200]}"
-    if exc.status_code == 405:
-        return f"{request.method} is not allowed on {path}; allowed: {', '.join(allowed_methods(request))}"
     return str(exc.detail)

@@ -183,6 +183,7 @@ class ClassifierService:
         lands in the loop step where the work finishes (CPython gh-86296), and the request of a client that
         just left would go on to queue all its chunks."""
         segmented: list[Segmented] = []
+        chunks = 0
         untokenized = sum(map(len, texts))
         self._check_tokenizer_room(untokenized)
         self.tokenize_backlog += untokenized
@@ -193,12 +194,13 @@ class ClassifierService:
             async with asyncio.timeout(remaining):
                 for group in _groups_by_chars(texts, self.tokenizing.capacity):
                     size = sum(map(len, group))
-                    segmented += await self.tokenizing.run_in_thread(
+                    done = await self.tokenizing.run_in_thread(
                         size, partial(self.segmenter.segment_many, group, max_chunks), admit=self._check_queue_room
                     )
+                    segmented += done
                     untokenized -= size
                     self.tokenize_backlog -= size
-                    chunks = sum(len(seg.chunks) for seg in segmented)
+                    chunks += sum(len(seg.chunks) for seg in done)
                     if chunks > self.batcher.max_queue_chunks and len(segmented) < len(texts):
                         raise PayloadTooLarge(
                             f"the request needs at least {chunks} chunks (its first {len(segmented)} of "

@@ -497,16 +497,12 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         f"| {ceiling:,.0f} | 1.00 "
         "| | | | | | |",
     ]
-    if "ceiling_int8" in result:
-        lines.append(
-            f"| engine-only ceiling (int8) | {result['ceiling_int8']['tokens_per_s']:,.0f} | "
-            f"{result['int8_speedup']:.2f} | | | | | | |"
-        )
-    if "ceiling_bf16" in result:
-        lines.append(
-            f"| engine-only ceiling (bfloat16) | {result['ceiling_bf16']['tokens_per_s']:,.0f} | "
-            f"{result['bf16_speedup']:.2f} | | | | | | |"
-        )
+    for name, key in (("int8", "int8"), ("bfloat16", "bf16")):  # the CPU engines measured beside float32
+        if f"ceiling_{key}" in result:
+            lines.append(
+                f"| engine-only ceiling ({name}) | {result[f'ceiling_{key}']['tokens_per_s']:,.0f} | "
+                f"{result[f'{key}_speedup']:.2f} | | | | | | |"
+            )
     for run in result["service"]:
         lines.append(
             f"| service, concurrency {run['concurrency']} | {run['tokens_per_s']:,.0f} | "
