@@ -84,7 +84,8 @@ EXPOSE 8000
 
 # Ready = model loaded, warmed up, batcher running, not draining (503 otherwise); python's urllib raises on
 # any non-2xx answer, so no curl is needed in the image. start-period covers loading and warm-up.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+# start-period: LONGDOC_STARTUP_TIMEOUT_S (600 s); the first passing check ends it (docker-compose.yml)
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LONGDOC_PORT', '8000'), timeout=4)"]
 
 # SIGTERM drains: /health turns 503 at once, accepted requests finish (up to LONGDOC_DRAIN_TIMEOUT_S), then

@@ -11,7 +11,9 @@ Concurrency invariants (one event loop, one background task, one forward thread)
   arriving behind long ones rides in the next batch instead of waiting for every queued long document,
   and mean latency is lower than with first-come-first-served or round-robin sharing. The price: a long
   document yields to shorter ones, bounded by aging (its size halves for every aging_s it has waited, so
-  an L-chunk request overtakes fresh one-chunk requests after aging_s * log2(L) seconds).
+  an L-chunk request overtakes fresh one-chunk requests after aging_s * log2(L) seconds). Half of every
+  pass stays with the requests that have the fewest chunks left (`_take`): an aged long document then
+  gets the other half, and short documents arriving meanwhile do not wait for all of its chunks.
 - With `across_requests=False` a batch holds chunks of one request only (the benchmark's baseline).
 - `pending` (queued + running chunks) is the admission measure: submit refuses beyond
   `max_queue_chunks` instead of letting the queue grow without end.
@@ -38,6 +40,7 @@ from app.metrics import Metrics
 log = logging.getLogger(__name__)
 
 ForwardFn = Callable[[Sequence[Sequence[int]]], torch.Tensor]
+RATE_DECAY = 0.95  # per pass: the chunk rate behind Retry-After remembers about the last twenty passes
 
 
 @dataclass(eq=False, slots=True)
@@ -45,6 +48,20 @@ class _Item:
     ids: list[int]
     future: asyncio.Future[torch.Tensor]
     enqueued: float
+
+
+@dataclass(slots=True)
+class _Pass:
+    """The batch being formed: its chunks, the widest of them (all are padded to it) and its real tokens."""
+
+    items: list[_Item] = field(default_factory=list)
+    widest: int = 0
+    real_tokens: int = 0
+
+    def add(self, item: _Item) -> None:
+        self.items.append(item)
+        self.widest = max(self.widest, len(item.ids))
+        self.real_tokens += len(item.ids)
 
 
 @dataclass(eq=False)
@@ -113,9 +130,13 @@ class Batcher:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._chunks_per_s = 0.0
+        self._chunks_per_s = 0.0  # recent throughput, for Retry-After
+        self._recent_chunks = self._recent_seconds = 0.0
         self._pass_started: float | None = None
         self._in_pass: list[_Item] = []
+        # True while the forward thread is inside the engine, even after a stop gave up on its pass: a
+        # thread cannot be stopped, and the interpreter would wait for it at exit.
+        self.engine_busy = False
 
     # ----- state -------------------------------------------------------------------------------------
     @property
@@ -264,48 +285,63 @@ class Batcher:
     def _take(self) -> list[_Item]:
         """Fill one batch: requests in scheduling order, each contributing chunks until the budget is full.
 
-        Order: fewest remaining chunks first, with aging (`scheduling_priority`); with batching off,
-        arrival order and one request per batch (the naive-server baseline). A chunk that would pad the
-        pass past `max_padding_ratio` (every chunk is padded to the widest) stays queued, and so do the
-        rest of its request's chunks for a later pass (queued longest first, so chunks of similar length
-        are adjacent); later requests may still fill this one. The first chunk always goes, so the request that comes
-        first in the order is never held back.
+        Two orders share a pass. Its first half (of max_batch_size and of max_batch_tokens) goes to the
+        requests with the fewest chunks left, aging ignored; the rest in `scheduling_priority` order.
+        Without aging both orders agree and this is plain shortest-remaining-first. Once aging has put a
+        long request ahead, it still gets at least half of every pass (so it cannot starve), and short
+        requests that keep arriving still ride in the next pass instead of waiting for all of its chunks.
+        With batching off: arrival order and one request per batch (the naive-server baseline).
+
+        A chunk that would pad the pass past `max_padding_ratio` (every chunk is padded to the widest)
+        stays queued, and so do the rest of its request's chunks for a later pass (queued longest first,
+        so chunks of similar length are adjacent); later requests may still fill this one. The first
+        chunk always goes, so the request that comes first in the order is never held back.
         """
-        batch: list[_Item] = []
-        widest = 0
-        real_tokens = 0
-        now = time.perf_counter()
+        batch = _Pass()
         if self.across_requests:
-            order = sorted(self._queues, key=lambda k: scheduling_priority(self._queues[k], now, self.aging_s))
+            now = time.perf_counter()
+            by_size = sorted(self._queues, key=lambda k: len(self._queues[k]))
+            for key in by_size:
+                if self._fill(batch, key, max(1, self.max_batch_size // 2), self.max_batch_tokens // 2):
+                    break
+            by_priority = sorted(self._queues, key=lambda k: scheduling_priority(self._queues[k], now, self.aging_s))
+            for key in by_priority:
+                if self._fill(batch, key, self.max_batch_size, self.max_batch_tokens):
+                    break
         else:
-            order = list(self._queues)
+            for key in list(self._queues):
+                self._fill(batch, key, self.max_batch_size, self.max_batch_tokens)
+                if batch.items:
+                    break
+        self._running = len(batch.items)
+        self._publish_depth()
+        return batch.items
+
+    def _fill(self, batch: _Pass, key: int, max_size: int, max_tokens: int) -> bool:
+        """Move the request's chunks into the pass while they fit; True when the pass is full."""
+        queue = self._queues.get(key)
+        if queue is None:  # emptied earlier in this pass
+            return False
         full = False
-        for key in order:
-            queue = self._queues[key]
-            while queue:
-                item = queue[0]
-                if item.future.done():  # cancelled by its caller before it ran
-                    queue.popleft()
-                    self._queued -= 1
-                    continue
-                width = max(widest, len(item.ids))
-                if len(batch) >= self.max_batch_size or (batch and width * (len(batch) + 1) > self.max_batch_tokens):
-                    full = True
-                    break
-                if batch and 1 - (real_tokens + len(item.ids)) / (width * (len(batch) + 1)) > self.max_padding_ratio:
-                    break
+        while queue:
+            item = queue[0]
+            if item.future.done():  # cancelled by its caller before it ran
                 queue.popleft()
                 self._queued -= 1
-                batch.append(item)
-                widest = width
-                real_tokens += len(item.ids)
-            if not queue:
-                del self._queues[key]
-            if full or (batch and not self.across_requests):
-                break
-        self._running = len(batch)
-        self._publish_depth()
-        return batch
+                continue
+            if batch.items:
+                width = max(batch.widest, len(item.ids))
+                if len(batch.items) >= max_size or width * (len(batch.items) + 1) > max_tokens:
+                    full = True
+                    break
+                if 1 - (batch.real_tokens + len(item.ids)) / (width * (len(batch.items) + 1)) > self.max_padding_ratio:
+                    break
+            queue.popleft()
+            self._queued -= 1
+            batch.add(item)
+        if not queue:
+            del self._queues[key]
+        return full
 
     async def _run(self, batch: list[_Item]) -> None:
         """Run one batch; every future in it is settled on every path out of this method."""
@@ -354,6 +390,7 @@ class Batcher:
 
     def _forward_guarded(self, ids: list[list[int]]) -> torch.Tensor:
         """Runs in the forward thread. On out-of-memory, split the batch once and run the halves."""
+        self.engine_busy = True  # a bool store: atomic under the GIL
         try:
             return self._forward(ids)
         except Exception as exc:
@@ -364,6 +401,8 @@ class Batcher:
                 torch.cuda.empty_cache()
             half = len(ids) // 2
             return torch.cat([self._forward(ids[:half]), self._forward(ids[half:])])
+        finally:
+            self.engine_busy = False
 
     # ----- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -392,8 +431,11 @@ class Batcher:
 
     def _record(self, batch: list[_Item], started: float, elapsed: float) -> None:
         if batch and elapsed > 0:
-            rate = len(batch) / elapsed
-            self._chunks_per_s = rate if self._chunks_per_s == 0 else 0.7 * self._chunks_per_s + 0.3 * rate
+            # Chunks and seconds averaged apart, then divided: a pass counts by its duration, so the few
+            # small passes at a queue's tail (slow per chunk) no longer swing the estimate threefold.
+            self._recent_chunks = RATE_DECAY * self._recent_chunks + len(batch)
+            self._recent_seconds = RATE_DECAY * self._recent_seconds + elapsed
+            self._chunks_per_s = self._recent_chunks / self._recent_seconds
         if self._metrics is None or not batch:
             return
         widest = max(len(item.ids) for item in batch)

@@ -128,6 +128,9 @@ def _eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the report is written only at the end: nothing half-written is left
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        return 130
     from app.training.evaluate import format_report
 
     print(format_report(report))

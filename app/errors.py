@@ -55,12 +55,25 @@ class Overloaded(LongdocError):
         self.retry_after_s = max(1, retry_after_s)
 
 
-class NotReady(LongdocError):
-    status_code, error_type = 503, "not_ready"
+class Unavailable(LongdocError):
+    """A 503 says when to come back, as a 429 does: clients that honour Retry-After (ours, most SDKs) then
+    wait for a loading replica instead of spending their retries in a few seconds of backoff."""
+
+    status_code = 503
+    retry_after_s = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(self.retry_after_s)})
 
 
-class Draining(LongdocError):
-    status_code, error_type = 503, "draining"
+class NotReady(Unavailable):
+    error_type = "not_ready"
+    retry_after_s = 5  # loading takes seconds to a minute
+
+
+class Draining(Unavailable):
+    error_type = "draining"
+    retry_after_s = 1  # behind a load balancer, another replica; alone, the restarted one
 
 
 class DeadlineExceeded(LongdocError):

@@ -68,6 +68,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_threads(settings.num_threads)
         started: list[Batcher] = []  # the batcher, once running: the shutdown stops it even mid-warm-up
+        app.state.batchers = started
         startup = asyncio.create_task(_startup(app, settings, engine, metrics, started))
         app.state.startup = startup
         try:
@@ -85,7 +86,9 @@ def create_app(
                     await batcher.stop(0)
                 else:
                     service.draining = True
-                    await batcher.stop(settings.drain_timeout_s)
+                    # After `longdoc serve`'s drain no request waits any more: what is left is a pass
+                    # nobody awaits (hung, say), not worth a second drain_timeout_s.
+                    await batcher.stop(settings.drain_timeout_s if in_flight.count else 0)
             app.state.service = None
 
     docs = settings.docs_enabled
@@ -103,11 +106,12 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
+    app.state.batchers = []  # those the lifespan started: `longdoc serve` checks their forward threads at exit
     app.state.startup = None
     app.state.in_flight = in_flight
     metrics.ready.set_function(lambda: float(app.state.service is not None and app.state.service.ready))
-    metrics.tokenizing_chars.set_function(lambda: app.state.service.tokenizing.held if app.state.service else 0)
-    metrics.tokenizing_waiting.set_function(lambda: app.state.service.tokenizing.waiting if app.state.service else 0)
+    metrics.tokenizing_chars.set_function(lambda: app.state.service.tokenizing_chars if app.state.service else 0)
+    metrics.tokenizing_waiting.set_function(lambda: app.state.service.tokenizing_waiting if app.state.service else 0)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(classify_router)

@@ -88,7 +88,8 @@ class Metrics:
                 self.requests.labels(endpoint=endpoint, status=status)
         self.tokenizing_chars = Gauge(
             "longdoc_tokenizing_chars",
-            "Characters being tokenized now (at most max_tokenizing_chars; held until the tokenizer thread ends).",
+            "Characters being tokenized now (at most max_tokenizing_chars, plus an eighth of it for small requests; "
+            "held until the tokenizer thread ends).",
             registry=r,
         )
         self.tokenizing_waiting = Gauge(

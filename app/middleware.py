@@ -149,7 +149,8 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
             self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
             stats = state.get("stats")
-            access_log.info(
+            access_log.log(
+                access_level(scope.get("path"), status["code"]),
                 "request",
                 extra={
                     "access": {
@@ -163,6 +164,21 @@ class RequestContextMiddleware:
                     }
                 },
             )
+
+
+PROBE_PATHS = frozenset({"/health", "/health/live", "/metrics"})
+TROUBLE_STATUSES = frozenset({429, 503, 504})  # the service could not keep up (or is going away)
+
+
+def access_level(path: str | None, status: int) -> int:
+    """Probes and scrapes that succeed (most lines of an idle replica: one every few seconds) at debug;
+    an answer the service could not give (429, 503, 504, 5xx) at warning, so LONGDOC_LOG_LEVEL=warning
+    still shows every overload and failure; the rest, client errors included, at info."""
+    if status >= 500 or status in TROUBLE_STATUSES:
+        return logging.WARNING
+    if path in PROBE_PATHS and status < 400:
+        return logging.DEBUG
+    return logging.INFO
 
 
 def _endpoint(scope: Scope) -> str:

@@ -3,7 +3,8 @@
 Stock uvicorn stops listening at the first SIGTERM, so a load balancer sees refused connections while
 accepted requests are still running. Here the first SIGTERM (or SIGINT) only marks the service draining:
 /health and new /classify calls answer 503 while the socket stays open, accepted requests finish, and
-the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once.
+the server stops once nothing is in flight or drain_timeout_s has passed. A second signal stops at once:
+what is still running gets 503, and the exit status is 128 + the signal (143 for SIGTERM), as for a kill.
 
 The model loads in the background: the port opens at once, /health and /classify answer 503 `not_ready`
 ("the model is still loading") and /health/live 200 until it is ready. If the load fails or passes
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -46,6 +48,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed = False  # the model failed to load, or the worker died or hung: exit status 1
+        self.stopped_by: int | None = None  # the second signal, which cut the drain short: exit 128 + it
 
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         self._loop = asyncio.get_running_loop()
@@ -56,10 +59,13 @@ class DrainingServer(uvicorn.Server):
             watchdog.cancel()
 
     async def _watch_worker(self) -> None:
-        """Stop the server when the model failed to load, or the worker died or hung outside a drain
-        (nothing could be served again)."""
+        """Stop the server when the model failed to load, or the worker died or hung (nothing could be
+        served again), during a drain too: a pass that hangs then would otherwise hold the drain and the
+        exit forever."""
         while not self.should_exit:
             await asyncio.sleep(self._worker_check_s)
+            if self.should_exit:  # the shutdown began meanwhile: a stopped batcher is no dead worker
+                return
             if _startup_failed(self._app):  # logged by the start-up itself
                 if failure_status(self._app) == 2:
                     log.critical("exiting with status 2: fix the setting, a restart cannot")
@@ -69,7 +75,7 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = True
                 return
             service = self._app.state.service
-            problem = None if service is None or service.draining else service.worker_problem()
+            problem = None if service is None else service.worker_problem()
             if problem is not None:
                 log.critical("%s; exiting with status 1 so the process is restarted", problem)
                 self.failed = True
@@ -78,12 +84,15 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = self.force_exit = True  # a hung pass would hold a graceful shutdown forever
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_task is not None:  # a second signal during the drain: stop at once
+        if self._drain_task is not None:  # a second signal during the drain: stop now
             log.warning("second signal during the drain: stopping now; requests still running get 503")
             service = self._app.state.service
-            if service is not None:  # answered in uvicorn's last 0.1 s, instead of cancelled (a bare 500)
+            if service is not None:  # every accepted request is answered (503) at once, none cancelled
                 service.batcher.abort(Draining("the service was stopped before this request finished; retry"))
-            self.should_exit = self.force_exit = True  # uvicorn then waits for no connection, task or lifespan
+            self.stopped_by = sig
+            # Not force_exit: that skips the lifespan's shutdown, and asyncio then cancels it mid-receive
+            # (an ERROR traceback on every forced stop). The answers above leave uvicorn little to wait for.
+            self.should_exit = True
             return
         if self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
             self.force_exit = self.should_exit
@@ -137,13 +146,31 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()
     server.failed = server.failed or _startup_failed(app)  # it may have failed just before a stop signal
+    if not server.failed and _engine_still_busy(app, GRACE_AFTER_DRAIN_S):
+        log.critical(
+            "a forward pass was still running %d s after the service stopped (a hung engine); exiting with status 1",
+            GRACE_AFTER_DRAIN_S,
+        )
+        server.failed = True
     stopped_loading = app.state.startup is not None and app.state.startup.cancelled()
     if server.failed or stopped_loading:
         # The interpreter joins worker threads at exit: a hung forward pass would hold it forever, and a
         # model load abandoned by a stop for as long as the load takes.
         logging.shutdown()
         os._exit(failure_status(app) if server.failed else 0)
-    return 0
+    return 0 if server.stopped_by is None else 128 + server.stopped_by  # as a shell reports a kill
+
+
+def _engine_still_busy(app: FastAPI, grace_s: float) -> bool:
+    """Whether a forward thread is still inside the engine `grace_s` after the stop. A pass nobody awaits
+    any more (its requests had their 504s) cannot be stopped, and the interpreter joins the thread at exit:
+    a hung one would hold the process forever, past every supervisor's patience but its SIGKILL."""
+    deadline = time.monotonic() + grace_s
+    while any(batcher.engine_busy for batcher in app.state.batchers):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def failure_status(app: FastAPI) -> int:

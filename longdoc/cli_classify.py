@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from longdoc.client import DEFAULT_URL, APIError, AsyncClient, Classification
+from longdoc.client import DEFAULT_URL, APIError, AsyncClient, Classification, service_url
 
 AGGREGATIONS = ["mean_logits", "max_logits", "mean_probs", "weighted_mean_logits"]
 
@@ -33,7 +33,9 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files; '-' reads standard input")
-    parser.add_argument("--url", default=None, help=f"service URL (default: $LONGDOC_URL, else {DEFAULT_URL})")
+    parser.add_argument(
+        "--url", type=_url_argument, default=None, help=f"service URL (default: $LONGDOC_URL, else {DEFAULT_URL})"
+    )
     parser.add_argument("--api-key", default=None, help="API key (default: $LONGDOC_API_KEY)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
     parser.add_argument("--chunks", action="store_true", help="with --json: add per-chunk scores and top chunks")
@@ -41,6 +43,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default 4)")
     parser.add_argument("--timeout", type=_positive_seconds, default=600.0, help="seconds to wait for one answer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
+
+
+def _url_argument(value: str) -> str:
+    try:
+        return service_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(value: str) -> float:
@@ -154,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
     """0 when every file was classified, 1 when any failed (its error is in the output)."""
     if args.files.count("-") > 1:
         print("error: '-' (standard input) may be given once", file=sys.stderr)
+        return 2
+    try:
+        service_url(args.url or os.environ.get("LONGDOC_URL") or DEFAULT_URL)
+    except ValueError as exc:  # from $LONGDOC_URL: --url was checked as it was parsed
+        print(f"error: $LONGDOC_URL: {exc}", file=sys.stderr)
         return 2
     try:
         rows = asyncio.run(_classify_all(args))

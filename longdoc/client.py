@@ -199,6 +199,18 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def service_url(url: str) -> str:
+    """The service's base URL without a trailing slash; ValueError unless it is http(s)://host[:port][/path].
+    `localhost:8000` would otherwise read as scheme "localhost" and fail later as a baffling connection error."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"the service URL {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"the service URL must start with http:// or https:// and name a host, got {url!r}")
+    return url.rstrip("/")
+
+
 def _text_list(texts: list[str]) -> list[str]:
     """classify_many("one text") would send one request text per character."""
     if isinstance(texts, str):
@@ -219,7 +231,7 @@ class _Base:
     ) -> None:
         if max_retries < 0 or max_retry_wait_s < 0:
             raise ValueError("max_retries and max_retry_wait_s must be >= 0")
-        self.base_url = (base_url or os.environ.get("LONGDOC_URL") or DEFAULT_URL).rstrip("/")
+        self.base_url = service_url(base_url or os.environ.get("LONGDOC_URL") or DEFAULT_URL)
         # as the service does: a secret file's final newline is no part of the key (and no header may hold it)
         self.api_key = api_key.strip() if api_key else None
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10.0)

@@ -7,9 +7,14 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Any file not named .csv is read as JSON lines; a JSON error in one not named as such says so (a .tsv or
+# .txt file is more likely another format than broken JSON).
+JSON_SUFFIXES = frozenset({".jsonl", ".json", ".ndjson"})
 
 
 class DataError(ValueError):
@@ -32,7 +37,8 @@ def _check(text: object, label: object, where: str) -> Example:
         label = str(label)  # class ids such as 0/1, as a CSV file would give them
     if not isinstance(label, str) or not label.strip():
         raise DataError(f"{where}: 'label' must be a non-empty string or an integer class id, got {label!r}")
-    return Example(text=text, label=label.strip(), source=where)
+    # NFC: "é" typed as one code point or as e + a combining accent is one class, not two lookalikes
+    return Example(text=text, label=unicodedata.normalize("NFC", label.strip()), source=where)
 
 
 def read_text(path: Path) -> str:
@@ -41,6 +47,8 @@ def read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raise DataError(f"{path}: is gzip-compressed; decompress it first (gunzip -k {path.name})")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -63,7 +71,8 @@ def load_examples(path: Path) -> list[Example]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+                    hint = "" if path.suffix.lower() in JSON_SUFFIXES else "; only a .csv file is read as CSV"
+                    raise DataError(f"{where}: not valid JSON ({exc.msg}){hint}") from exc
                 if not isinstance(record, dict):
                     raise DataError(f"{where}: expected a JSON object with 'text' and 'label'")
                 examples.append(_check(record.get("text"), record.get("label"), where))

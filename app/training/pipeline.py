@@ -74,8 +74,10 @@ class PipelineOptions:
     resume: bool = False
 
 
-def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
-    """Fold index per example: each label's examples shuffled with `seed` and dealt round-robin."""
+def stratified_folds(labels: Sequence[str], k: int, seed: int, groups: Sequence[int] | None = None) -> list[int]:
+    """Fold index per example: each label's examples shuffled with `seed` and dealt round-robin. With
+    `groups` (`duplicate_groups`), every example then joins its group's first member's fold: a fold model
+    is never scored on a text it was trained on."""
     rng = random.Random(seed)
     folds = [0] * len(labels)
     offset = 0
@@ -85,7 +87,40 @@ def stratified_folds(labels: Sequence[str], k: int, seed: int) -> list[int]:
         for position, index in enumerate(members):
             folds[index] = (position + offset) % k
         offset += len(members)
-    return folds
+    return folds if groups is None else [folds[group] for group in groups]
+
+
+def duplicate_groups(examples: Sequence[Example]) -> list[int]:
+    """Per example, the index of the first example with the same text (whitespace runs read as one space)."""
+    first: dict[str, int] = {}
+    return [first.setdefault(" ".join(e.text.split()), index) for index, e in enumerate(examples)]
+
+
+def _warn_duplicates(examples: Sequence[Example], groups: Sequence[int]) -> None:
+    """Exports (scraped news, tickets) repeat documents. Cross-validation keeps the copies in one fold; the
+    user still hears of them, and of copies labelled differently (the model cannot fit both)."""
+    repeats = [(group, index) for index, group in enumerate(groups) if group != index]
+    if not repeats:
+        return
+    shown = ", ".join(f"{examples[copy].source} repeats {examples[first].source}" for first, copy in repeats[:3])
+    log.warning(
+        "%d document(s) repeat an earlier one's text (%s%s); cross-validation keeps each text's copies in one fold",
+        len(repeats),
+        shown,
+        ", ..." if len(repeats) > 3 else "",
+    )
+    conflicts = [
+        f"{examples[first].source} ({examples[first].label!r}) and {examples[copy].source} ({examples[copy].label!r})"
+        for first, copy in repeats
+        if examples[copy].label != examples[first].label
+    ]
+    if conflicts:
+        log.warning(
+            "%d copy(ies) of a text carry another label than its first: %s%s",
+            len(conflicts),
+            "; ".join(conflicts[:3]),
+            "; ..." if len(conflicts) > 3 else "",
+        )
 
 
 def _peak_rss_mb() -> float:
@@ -108,6 +143,7 @@ def run_pipeline(options: PipelineOptions) -> dict[str, Any]:
         log.warning("labels that differ only in case are separate classes: %s", labels)
     label2id = {label: i for i, label in enumerate(labels)}
     _check_run(options, examples, labels)
+    _warn_duplicates(examples, duplicate_groups(examples))
     # The whole network as the recipe builds it: a bad layer count or head fails here, before any training.
     tokenizer, network = load_base_model(options.base_model, labels, config.pooling, config.encoder_layers)
     limit = position_limit(network)
@@ -230,18 +266,19 @@ def _check_run(options: PipelineOptions, examples: Sequence[Example], labels: li
                 f"--k-fold {k} needs at least {k} documents of every label, so that each fold holds some out; "
                 f"{label!r} has {fewest}"
             )
-    _check_validation_splits(options, [e.label for e in examples])
+    _check_validation_splits(options, examples)
 
 
-def _check_validation_splits(options: PipelineOptions, labels: list[str]) -> None:
+def _check_validation_splits(options: PipelineOptions, examples: Sequence[Example]) -> None:
     """Every fit the run will make (the final one, each fold's) must hold out some documents to validate
     on: found out only when a fold starts, it would stop the run after the final fit."""
     fraction = options.config.val_fraction
     if not fraction:
         return
+    labels = [e.label for e in examples]
     fits = {"the final fit": labels}
     if options.k_fold > 1:
-        folds = stratified_folds(labels, options.k_fold, options.config.seed)
+        folds = stratified_folds(labels, options.k_fold, options.config.seed, duplicate_groups(examples))
         for fold in range(options.k_fold):
             fits[f"fold {fold + 1}"] = [label for label, f in zip(labels, folds, strict=True) if f != fold]
     for name, fit_labels in fits.items():
@@ -399,7 +436,7 @@ def _cross_validate(
     `docs` are `examples` encoded with the recipe's window: each fold trains on its share of them."""
     config = options.config
     strides = sorted(set(options.eval_strides) | {config.stride})
-    folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed)
+    folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed, duplicate_groups(examples))
     previous = _previous_records(options, CV_PREDICTIONS_FILE)
     kept = _complete_folds(previous, {f: folds.count(f) for f in range(options.k_fold)}, strides)
     previous_int8 = _previous_records(options, CV_INT8_PREDICTIONS_FILE) if options.eval_int8 else []

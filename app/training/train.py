@@ -562,7 +562,12 @@ def train_model(
                     f"{step_start + 1}-{step_start + len(batch)} of the shuffled order); lower --lr, or check "
                     "the base checkpoint's weights"
                 )
-            (loss / config.grad_accumulation).backward()  # type: ignore[no-untyped-call]
+            # Each micro-batch weighs by its share of the documents in its optimizer step: a full step is the
+            # mean over docs_per_step x grad_accumulation documents, and so is an epoch's shorter last one
+            # (dividing by grad_accumulation there scaled its gradient down).
+            group_start = step_start - step_start % (micro * config.grad_accumulation)
+            group_docs = min(micro * config.grad_accumulation, len(order) - group_start)
+            (loss * (len(batch) / group_docs)).backward()  # type: ignore[no-untyped-call]
             micro_index = step_start // micro + 1
             if micro_index % config.grad_accumulation == 0 or step_start + micro >= len(order):
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -123,6 +123,33 @@ def test_sigterm_drains_accepted_requests(tmp_path: Path) -> None:
     assert results == [200] * len(texts)
 
 
+def test_a_second_sigterm_answers_what_runs_and_exits_143(tmp_path: Path) -> None:
+    """The operator's second signal cuts the drain short: the request still running gets its 503, the exit
+    status says work was cut short (as a kill would), and the log has no error traceback to page anyone."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "second.log"
+    answers: list[httpx.Response] = []
+    with longdoc_serve(port, log_path, max_batch_size=1, drain_timeout_s=600, log_json="true") as process:
+        sender = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{url}/classify", json={"text": long_text(20_000)}, timeout=600))
+        )
+        sender.start()
+        deadline = time.monotonic() + 60
+        while _queue_depth(url) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None  # the first signal drains
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 128 + signal.SIGTERM
+        sender.join(30)
+    assert answers[0].status_code == 503 and answers[0].json()["error"]["type"] == "draining"
+    assert answers[0].headers["retry-after"] == "1"
+    log = log_path.read_text(encoding="utf-8")
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
+
+
 def _catches(pid: int, sig: signal.Signals) -> bool:
     """Whether the process has a handler installed for `sig` (the SigCgt mask of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

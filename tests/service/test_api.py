@@ -7,6 +7,7 @@ import gc
 import gzip
 import itertools
 import json
+import logging
 import re
 import threading
 import time
@@ -521,6 +522,35 @@ async def test_metrics_show_the_tokenization_budget_in_use_and_who_waits(
     assert metric_value(idle, "longdoc_tokenizing_chars") == metric_value(idle, "longdoc_tokenizing_waiting") == 0
 
 
+async def test_a_small_request_does_not_wait_for_a_large_texts_tokenization(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """A text over the whole budget is tokenized alone; requests of at most 1/32 of the budget have a lane
+    of their own (1/8 of it wide) and are answered while it runs."""
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=3200) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        spy = TokenizerSpy(service)
+        inner, large_may_finish = spy.inner, threading.Event()
+
+        def hold_large(texts: list[str], max_chunks: int | None = None) -> Any:
+            if sum(map(len, texts)) > 100:
+                assert large_may_finish.wait(10), "the test never let the large text finish"
+            return inner(texts, max_chunks)
+
+        spy.inner = hold_large
+        large = asyncio.create_task(client.post("/classify", json={"text": "good " * 700}))  # 3,500 characters
+        await until(lambda: service.tokenizing.held == 3200)
+        small = await client.post("/classify", json={"texts": ["a short text", "b" * 80]})
+        still_running, held = spy.running, service.tokenizing_chars
+        metrics = (await client.get("/metrics")).text
+        large_may_finish.set()
+        assert (await large).status_code == 200
+    assert small.status_code == 200 and len(small.json()["results"]) == 2
+    assert still_running == 1 and held == 3200  # answered while the large text was still being tokenized
+    assert metric_value(metrics, "longdoc_tokenizing_chars") == 3200
+    assert service.tokenize_backlog == 0
+
+
 async def until(condition: Callable[[], bool]) -> None:
     for _ in range(500):
         if condition():
@@ -638,7 +668,9 @@ async def test_draining_answers_503(client_factory: ClientFactory, fake_engine: 
         app = client.app  # type: ignore[attr-defined]
         app.state.service.draining = app.state.in_flight.draining = True  # what SIGTERM does
         assert_error(await client.get("/health"), 503, "draining")
-        assert_error(await client.post("/classify", json={"text": "a"}), 503, "draining")
+        draining = await client.post("/classify", json={"text": "a"})
+        assert_error(draining, 503, "draining")
+        assert draining.headers["retry-after"] == "1"
         assert (await client.get("/health/live")).status_code == 200
         metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, "longdoc_ready") == 0
@@ -765,6 +797,11 @@ async def test_cors_is_off_by_default_and_on_for_listed_origins(
         assert too_large.headers["access-control-allow-origin"] == "https://app.example"
 
 
+def error_classes(base: type[LongdocError]) -> list[type[LongdocError]]:
+    """Every subclass, however deep (NotReady and Draining share a base)."""
+    return [c for sub in base.__subclasses__() for c in (sub, *error_classes(sub))]
+
+
 async def test_error_series_exist_at_zero_before_the_first_error(client_factory: ClientFactory) -> None:
     """rate() and increase() see a counter's first event only if its series was already there at 0: a
     replica's first 500 or 504 must reach the error alerts and panels."""
@@ -775,7 +812,11 @@ async def test_error_series_exist_at_zero_before_the_first_error(client_factory:
             line = f'longdoc_requests_total{{endpoint="{endpoint}",status="{status}"}} 0.0'
             assert line in text.splitlines(), line
     reasons = {line.split('"')[1] for line in text.splitlines() if line.startswith("longdoc_rejected_total{")}
-    refusals = [c for c in LongdocError.__subclasses__() if c.status_code in REJECTION_STATUSES and c is not Overloaded]
+    refusals = [
+        c
+        for c in error_classes(LongdocError)
+        if c.status_code in REJECTION_STATUSES and c is not Overloaded and c.error_type != LongdocError.error_type
+    ]
     assert {c.error_type for c in refusals} | {"body_too_large", "too_many_chunks", "no_room", "queue_full"} <= reasons
 
 
@@ -791,3 +832,27 @@ async def test_what_start_up_built_is_frozen_out_of_the_collector(client_factory
             assert id(service) not in tracked and id(service.batcher) not in tracked
     finally:
         gc.unfreeze()
+
+
+async def test_access_log_levels_keep_probes_quiet_and_overloads_visible(
+    client_factory: ClientFactory, fake_engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle replica's log is mostly probes and scrapes: they go to debug; what the service could not
+    answer (429, 503, 504, 5xx) goes to warning, so LONGDOC_LOG_LEVEL=warning still shows it."""
+    caplog.set_level(logging.DEBUG, logger="longdoc.access")
+    async with client_factory(engine=fake_engine, max_texts_per_request=1) as client:
+        await client.get("/health")
+        await client.get("/metrics")
+        await client.post("/classify", json={"text": "fine"})
+        await client.post("/classify", json={"texts": ["one", "two"]})  # 413: the client's doing
+        app = client.app  # type: ignore[attr-defined]
+        app.state.service.draining = app.state.in_flight.draining = True  # what SIGTERM does
+        await client.post("/classify", json={"text": "refused"})
+    levels = {
+        (r.access["path"], r.access["status"]): r.levelname  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "longdoc.access"
+    }
+    assert levels[("/health", 200)] == levels[("/metrics", 200)] == "DEBUG"
+    assert levels[("/classify", 200)] == levels[("/classify", 413)] == "INFO"
+    assert levels[("/classify", 503)] == "WARNING"

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.schemas import ClassifyRequest
-from app.server import DrainingServer, failure_status
+from app.server import DrainingServer, _engine_still_busy, failure_status
 from app.service import RequestStats
 from app.settings import Settings
 from tests.conftest import FakeEngine
@@ -123,6 +123,7 @@ async def test_the_port_answers_503_loading_until_the_model_is_ready(
     await asyncio.wait_for(serving, 30)
     assert health.status_code == 503 and health.json()["error"]["message"] == "the model is still loading"
     assert early.status_code == 503 and early.json()["error"]["type"] == "not_ready"
+    assert early.headers["retry-after"] == "5"  # clients wait for the load instead of spending their retries
     assert metric_value(metrics, "longdoc_ready") == 0
     assert ready.status_code == 200, ready.text
     assert not server.failed
@@ -418,7 +419,30 @@ async def test_second_signal_during_the_drain_stops_at_once(tiny_model_dir: Any,
         await asyncio.wait_for(serving, 10)  # before: the drain went on until the request finished (~20 s)
         stopped = await asyncio.wait_for(long_request, 5)  # answered in the last moment, not cut off
         assert stopped.status_code == 503 and "stopped before this request finished" in stopped.text
-        await app.state.service.batcher.stop(0)  # the lifespan shutdown is skipped on a forced exit
+    assert server.stopped_by == signal.SIGTERM and not server.failed
+    assert app.state.service is None  # the lifespan's shutdown ran (a forced exit skipped it)
+
+
+async def test_a_pass_that_hangs_during_the_drain_does_not_hold_the_exit(
+    tiny_model_dir: Any, wordpiece_tokenizer: Any
+) -> None:
+    """The drain ends once the hung pass's request has its 504; the shutdown then waits for no one (not a
+    second drain_timeout_s), and `longdoc serve` sees the forward thread still inside the engine (exit 1)."""
+    engine = FakeEngine(wordpiece_tokenizer, delay_s=8.0)
+    settings = Settings(model_dir=tiny_model_dir, num_threads=2, warmup=False, request_timeout_s=2)
+    app = create_app(settings, engine=engine)
+    server, serving, url = await serve_on_loopback(app, drain_timeout_s=600)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        stuck = asyncio.create_task(client.post("/classify", json={"text": "wedges the engine"}))
+        for _ in range(200):
+            if engine.calls:
+                break
+            await asyncio.sleep(0.01)
+        server.handle_exit(signal.SIGTERM, None)
+        assert (await stuck).status_code == 504
+        await asyncio.wait_for(serving, 3)  # before: the lifespan waited for the pass (drain_timeout_s)
+    assert _engine_still_busy(app, 0.1)
+    assert not _engine_still_busy(app, 10)  # once the pass ends the thread is free
 
 
 async def test_requests_arriving_during_the_drain_do_not_hold_it_open(

@@ -251,6 +251,27 @@ async def test_short_request_is_not_stuck_behind_long_ones() -> None:
     await batcher.stop()
 
 
+async def test_short_requests_share_every_pass_with_an_aged_long_one() -> None:
+    """Once aging puts a long request first, short ones arriving meanwhile still get half of each pass
+    instead of waiting for all of its chunks, and the long one keeps the other half (no starvation)."""
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(forward, max_batch_size=4, max_wait_ms=0, max_queue_chunks=1000, aging_s=0.01)
+    batcher.start()
+    blocker = batcher.submit([[0]])
+    await asyncio.sleep(0.05)
+    long = batcher.submit([[1000 + i] for i in range(20)])
+    await asyncio.sleep(0.2)  # twenty agings: the long request now outranks any fresh one
+    shorts = [batcher.submit([[7 + i]]) for i in range(3)]
+    forward.gate.set()
+    await asyncio.gather(blocker.results(), long.results(), *(t.results() for t in shorts))
+    short_calls = [next(i for i, call in enumerate(forward.calls) if [7 + n] in call) for n in range(3)]
+    assert short_calls == [1, 1, 2]  # two fit in half of the first pass, the third in the next
+    long_per_call = [sum(c[0] >= 1000 for c in call) for call in forward.calls[1:]]
+    assert long_per_call[:2] == [2, 3] and sum(long_per_call) == 20
+    await batcher.stop()
+
+
 async def test_dead_batcher_fails_waiters_and_reports_not_running() -> None:
     forward = Recorder()
     forward.gate.clear()
@@ -353,3 +374,28 @@ async def test_a_non_finite_logit_fails_only_its_own_request() -> None:
     assert isinstance(outcomes[0], InferenceFailed) and "non-finite" in str(outcomes[0])
     assert not isinstance(outcomes[1], BaseException) and outcomes[1][0].tolist() == [0.0, 1.0]
     await batcher.stop()
+
+
+def test_retry_after_weighs_passes_by_duration_not_by_count() -> None:
+    """Full passes of 16 chunks in 0.2 s, then the queue's tail in single-chunk passes of 0.05 s: the
+    engine still clears about 68 chunks a second overall; an average of per-pass rates fell towards the
+    single passes' 20/s and tripled the Retry-After of the same queue."""
+    from app.batcher import _Item
+
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = make(Recorder())
+
+        def passes(size: int, seconds: float, times: int) -> None:
+            for _ in range(times):
+                items = [_Item([1], loop.create_future(), 0.0) for _ in range(size)]
+                batcher._record(items, 0.0, seconds)
+
+        passes(16, 0.2, 20)
+        steady = batcher._chunks_per_s
+        passes(1, 0.05, 4)
+        after_tail = batcher._chunks_per_s
+    finally:
+        loop.close()
+    assert steady == pytest.approx(80)
+    assert after_tail > 0.85 * steady  # the old per-pass average: 0.43 x

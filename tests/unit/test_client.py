@@ -315,3 +315,24 @@ def test_cli_reads_a_file_as_its_bytes_and_names_any_file(
     with pytest.raises(SystemExit):
         cli_main(["classify", "--timeout", "0", odd])
     assert "--timeout: must be a positive number of seconds, got 0" in capsys.readouterr().err
+
+
+def test_a_url_without_a_scheme_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`localhost:8000` parses as scheme "localhost": it used to fail per file as ':///8000/classify'
+    connection_error; now it is refused up front, on the command line and in the client alike."""
+    from app.cli import main as cli_main
+
+    text = tmp_path / "a.txt"
+    text.write_text("text", encoding="utf-8")
+    with pytest.raises(SystemExit) as usage:
+        cli_main(["classify", "--url", "localhost:8000", str(text)])
+    assert usage.value.code == 2
+    assert "must start with http:// or https://" in capsys.readouterr().err
+    monkeypatch.setenv("LONGDOC_URL", "127.0.0.1:8000")
+    assert cli_main(["classify", "--no-progress", str(text)]) == 2
+    assert "$LONGDOC_URL: the service URL must start with http:// or https://" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="got 'localhost:8000'"):
+        Client("localhost:8000")
+    assert Client("https://longdoc.example/api/").base_url == "https://longdoc.example/api"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import random
@@ -26,7 +27,7 @@ from app.training.evaluate import (
     predict_examples,
     write_records,
 )
-from app.training.pipeline import label_order, stratified_folds
+from app.training.pipeline import _warn_duplicates, duplicate_groups, label_order, stratified_folds
 from app.training.train import (
     EncodedDoc,
     TrainConfig,
@@ -463,6 +464,97 @@ def test_csv_and_jsonl_load_the_same_examples(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"text": "a, \\"quoted\\"\\nline", "label": "x"}\n', encoding="utf-8")
     (tmp_path / "d.csv").write_text('text,label\n"a, ""quoted""\nline",x\n', encoding="utf-8")
     assert load_examples(tmp_path / "d.jsonl") == load_examples(tmp_path / "d.csv")
+
+
+def test_gradient_accumulation_matches_the_larger_step_even_at_an_epochs_end(tmp_path: Path, tiny_base: Path) -> None:
+    """4 documents a step equals 2 a step with 2 accumulated, also for the shorter last step of 10 documents
+    (2 left): it used to be divided by the accumulation count (half its gradient). Dropout off, so only the
+    grouping differs."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    base = tmp_path / "no-dropout"
+    model = BertForSequenceClassification.from_pretrained(
+        tiny_base, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    with torch.no_grad():  # gradients under the clipping norm (1.0), which would otherwise hide their scale
+        model.classifier.weight.div_(400)
+    model.save_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer.save_pretrained(base)
+    docs = encode_docs(Segmenter(tokenizer, 32, 0), late_keyword_corpus(10, seed=4), {"giraffe": 0, "zebra": 1})
+    common = dict(max_length=32, stride=0, epochs=2, learning_rate=1e-3, warmup_ratio=0.0, seed=1, num_threads=1)
+    one = train_model(base, ["giraffe", "zebra"], docs, TrainConfig(docs_per_step=4, **common), progress=False)  # type: ignore[arg-type]
+    two = train_model(
+        base,
+        ["giraffe", "zebra"],
+        docs,
+        TrainConfig(docs_per_step=2, grad_accumulation=2, **common),
+        progress=False,  # type: ignore[arg-type]
+    )
+    gap = max(
+        float((a - b).abs().max())
+        for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values(), strict=True)
+    )
+    assert gap < 2e-5
+
+
+def test_copies_of_a_text_share_a_fold_and_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    """A fold model scored on a text it trained on flatters the card (a reviewer's file doubled: 0.767 became
+    0.950). Copies (whitespace aside) go to their first's fold; the rest of the split is what it was."""
+    texts = [f"document number {i}" for i in range(30)]
+    examples = [Example(t, "ab"[i % 2], source=f"d.jsonl:{i + 1}") for i, t in enumerate(texts)]
+    examples += [
+        Example("document  number 3\n", "b", source="d.jsonl:31"),
+        Example("document number 8", "b", source="d.jsonl:32"),  # the first copy says "a"
+    ]
+    groups = duplicate_groups(examples)
+    assert groups[30:] == [3, 8] and groups[:30] == list(range(30))
+    labels = [e.label for e in examples]
+    folds = stratified_folds(labels, 5, seed=0, groups=groups)
+    assert folds[30] == folds[3] and folds[31] == folds[8]
+    plain = stratified_folds(labels[:30], 5, seed=0)
+    assert stratified_folds(labels[:30], 5, seed=0, groups=list(range(30))) == plain  # no copies: no change
+    with caplog.at_level(logging.WARNING, logger="app.training.pipeline"):
+        _warn_duplicates(examples, groups)
+    assert (
+        "2 document(s) repeat an earlier one's text (d.jsonl:31 repeats d.jsonl:4, d.jsonl:32 repeats d.jsonl:9)"
+        in caplog.text
+    )
+    assert (
+        "1 copy(ies) of a text carry another label than its first: d.jsonl:9 ('a') and d.jsonl:32 ('b')" in caplog.text
+    )
+
+
+def test_labels_in_either_unicode_form_are_one_class(tmp_path: Path) -> None:
+    path = tmp_path / "nfd.jsonl"
+    composed, decomposed = "\u00e9conomie", "e\u0301conomie"
+    path.write_text(
+        "\n".join(json.dumps({"text": f"text {i}", "label": label}) for i, label in enumerate([composed, decomposed])),
+        encoding="utf-8",
+    )
+    assert {e.label for e in load_examples(path)} == {composed}
+
+
+def test_a_compressed_or_other_format_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    gz = tmp_path / "train.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"text": "a", "label": "b"}\n'))
+    with pytest.raises(DataError, match=r"train.jsonl.gz: is gzip-compressed; decompress it first"):
+        load_examples(gz)
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("text\tlabel\nsome text\tb\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.tsv:1: not valid JSON \(.*\); only a .csv file is read as CSV"):
+        load_examples(tsv)
+
+
+def test_ctrl_c_during_eval_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import app.cli
+
+    def interrupted(args: Any) -> dict[str, object]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.cli, "_eval_report", interrupted)
+    assert cli_main(["eval", "--predictions", "any.jsonl"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted: nothing was written\n"
 
 
 def test_stratified_folds_balance_labels() -> None:
