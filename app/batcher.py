@@ -11,9 +11,9 @@ Concurrency invariants (one event loop, one background task, one forward thread)
   arriving behind long ones rides in the next batch instead of waiting for every queued long document,
   and mean latency is lower than with first-come-first-served or round-robin sharing. The price: a long
   document yields to shorter ones, bounded by aging (its size halves for every aging_s it has waited, so
-  an L-chunk request overtakes fresh one-chunk requests after aging_s * log2(L) seconds). Half of every
-  pass stays with the requests that have the fewest chunks left (`_take`): an aged long document then
-  gets the other half, and short documents arriving meanwhile do not wait for all of its chunks.
+  an L-chunk request overtakes fresh one-chunk requests after aging_s * log2(L) seconds). Passes
+  alternate between that order and the fewest chunks left without aging (`_take`): an aged long document
+  then leads every other pass, and short documents arriving meanwhile do not wait for all of its chunks.
 - With `across_requests=False` a batch holds chunks of one request only (the benchmark's baseline).
 - `pending` (queued + running chunks) is the admission measure: submit refuses beyond
   `max_queue_chunks` instead of letting the queue grow without end.
@@ -130,13 +130,14 @@ class Batcher:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._aged_turn = False  # passes alternate: with aging, then fewest chunks left (`_take`)
         self._chunks_per_s = 0.0  # recent throughput, for Retry-After
         self._recent_chunks = self._recent_seconds = 0.0
         self._pass_started: float | None = None
         self._in_pass: list[_Item] = []
-        # True while the forward thread is inside the engine, even after a stop gave up on its pass: a
-        # thread cannot be stopped, and the interpreter would wait for it at exit.
-        self.engine_busy = False
+        # When the forward thread entered the engine (None: it is not in it), even after a stop gave up on
+        # its pass: a thread cannot be stopped, and the interpreter would wait for it at exit.
+        self._engine_since: float | None = None
 
     # ----- state -------------------------------------------------------------------------------------
     @property
@@ -153,6 +154,16 @@ class Batcher:
         """How long the forward pass in progress has run (0 when none): a hung engine never settles it."""
         started = self._pass_started
         return 0.0 if started is None else time.perf_counter() - started
+
+    def engine_running_s(self) -> float | None:
+        """How long the forward thread has been inside the engine, None when it is not (read by the exit)."""
+        since = self._engine_since
+        return None if since is None else time.perf_counter() - since
+
+    @property
+    def closed(self) -> bool:
+        """Stopped or aborted: submit refuses new work."""
+        return self._closed
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queue should have room, from the measured chunk rate."""
@@ -285,11 +296,12 @@ class Batcher:
     def _take(self) -> list[_Item]:
         """Fill one batch: requests in scheduling order, each contributing chunks until the budget is full.
 
-        Two orders share a pass. Its first half (of max_batch_size and of max_batch_tokens) goes to the
-        requests with the fewest chunks left, aging ignored; the rest in `scheduling_priority` order.
-        Without aging both orders agree and this is plain shortest-remaining-first. Once aging has put a
-        long request ahead, it still gets at least half of every pass (so it cannot starve), and short
-        requests that keep arriving still ride in the next pass instead of waiting for all of its chunks.
+        Passes alternate between two orders: the fewest chunks left first, aging ignored, then
+        `scheduling_priority` (with aging). Without aging both orders agree: plain shortest-remaining-first.
+        Once aging has put a long request first, every other pass starts with it (its first chunk always
+        goes, so it cannot starve), and short requests that keep arriving ride in the passes between
+        instead of waiting for all of its chunks. (Sharing each pass half and half instead starved it: the
+        short chunks came first, and its wider window then broke the padding cap or the token budget.)
         With batching off: arrival order and one request per batch (the naive-server baseline).
 
         A chunk that would pad the pass past `max_padding_ratio` (every chunk is padded to the widest)
@@ -299,29 +311,27 @@ class Batcher:
         """
         batch = _Pass()
         if self.across_requests:
-            now = time.perf_counter()
-            by_size = sorted(self._queues, key=lambda k: len(self._queues[k]))
-            for key in by_size:
-                if self._fill(batch, key, max(1, self.max_batch_size // 2), self.max_batch_tokens // 2):
-                    break
-            by_priority = sorted(self._queues, key=lambda k: scheduling_priority(self._queues[k], now, self.aging_s))
-            for key in by_priority:
-                if self._fill(batch, key, self.max_batch_size, self.max_batch_tokens):
+            self._aged_turn = not self._aged_turn
+            if self._aged_turn:
+                now = time.perf_counter()
+                order = sorted(self._queues, key=lambda k: scheduling_priority(self._queues[k], now, self.aging_s))
+            else:
+                order = sorted(self._queues, key=lambda k: len(self._queues[k]))
+            for key in order:
+                if self._fill(batch, key):
                     break
         else:
             for key in list(self._queues):
-                self._fill(batch, key, self.max_batch_size, self.max_batch_tokens)
+                self._fill(batch, key)
                 if batch.items:
                     break
         self._running = len(batch.items)
         self._publish_depth()
         return batch.items
 
-    def _fill(self, batch: _Pass, key: int, max_size: int, max_tokens: int) -> bool:
+    def _fill(self, batch: _Pass, key: int) -> bool:
         """Move the request's chunks into the pass while they fit; True when the pass is full."""
-        queue = self._queues.get(key)
-        if queue is None:  # emptied earlier in this pass
-            return False
+        queue = self._queues[key]
         full = False
         while queue:
             item = queue[0]
@@ -331,7 +341,7 @@ class Batcher:
                 continue
             if batch.items:
                 width = max(batch.widest, len(item.ids))
-                if len(batch.items) >= max_size or width * (len(batch.items) + 1) > max_tokens:
+                if len(batch.items) >= self.max_batch_size or width * (len(batch.items) + 1) > self.max_batch_tokens:
                     full = True
                     break
                 if 1 - (batch.real_tokens + len(item.ids)) / (width * (len(batch.items) + 1)) > self.max_padding_ratio:
@@ -390,7 +400,7 @@ class Batcher:
 
     def _forward_guarded(self, ids: list[list[int]]) -> torch.Tensor:
         """Runs in the forward thread. On out-of-memory, split the batch once and run the halves."""
-        self.engine_busy = True  # a bool store: atomic under the GIL
+        self._engine_since = time.perf_counter()  # a float store: atomic under the GIL
         try:
             return self._forward(ids)
         except Exception as exc:
@@ -402,7 +412,7 @@ class Batcher:
             half = len(ids) // 2
             return torch.cat([self._forward(ids[:half]), self._forward(ids[half:])])
         finally:
-            self.engine_busy = False
+            self._engine_since = None
 
     # ----- helpers -----------------------------------------------------------------------------------
     @staticmethod

@@ -171,13 +171,14 @@ TROUBLE_STATUSES = frozenset({429, 503, 504})  # the service could not keep up (
 
 
 def access_level(path: str | None, status: int) -> int:
-    """Probes and scrapes that succeed (most lines of an idle replica: one every few seconds) at debug;
-    an answer the service could not give (429, 503, 504, 5xx) at warning, so LONGDOC_LOG_LEVEL=warning
-    still shows every overload and failure; the rest, client errors included, at info."""
+    """Probes and scrapes that succeed (most lines of an idle replica: one every few seconds) at debug, and
+    at info when they fail (a probe's 503 while loading or draining is the probe doing its job); an answer
+    the service could not give a client (429, 503, 504, 5xx) at warning, so LONGDOC_LOG_LEVEL=warning still
+    shows every overload and failure; the rest, client errors included, at info."""
+    if path in PROBE_PATHS:
+        return logging.DEBUG if status < 400 else logging.INFO
     if status >= 500 or status in TROUBLE_STATUSES:
         return logging.WARNING
-    if path in PROBE_PATHS and status < 400:
-        return logging.DEBUG
     return logging.INFO
 
 

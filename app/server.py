@@ -84,6 +84,9 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = self.force_exit = True  # a hung pass would hold a graceful shutdown forever
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopped_by is not None:  # a third: whatever is left is not waited for
+            self.force_exit = True
+            return
         if self._drain_task is not None:  # a second signal during the drain: stop now
             log.warning("second signal during the drain: stopping now; requests still running get 503")
             service = self._app.state.service
@@ -146,31 +149,37 @@ def serve(host: str | None = None, port: int | None = None, model_dir: Path | No
     server = DrainingServer(config, app, settings.drain_timeout_s)
     server.run()
     server.failed = server.failed or _startup_failed(app)  # it may have failed just before a stop signal
-    if not server.failed and _engine_still_busy(app, GRACE_AFTER_DRAIN_S):
-        log.critical(
-            "a forward pass was still running %d s after the service stopped (a hung engine); exiting with status 1",
-            GRACE_AFTER_DRAIN_S,
-        )
-        server.failed = True
-    stopped_loading = app.state.startup is not None and app.state.startup.cancelled()
-    if server.failed or stopped_loading:
+    status = 0 if server.stopped_by is None else 128 + server.stopped_by  # as a shell reports a kill
+    stopped_loading = app.state.startup is not None and app.state.startup.cancelled()  # a warm-up pass may run
+    running_s = None if server.failed or stopped_loading else _engine_running_s(app, GRACE_AFTER_DRAIN_S)
+    if running_s is not None:
+        if running_s > settings.request_timeout_s:
+            log.critical("a forward pass has run %.0f s, over request_timeout_s: the engine is hung", running_s)
+            server.failed = True
+        else:
+            log.warning(
+                "a forward pass nobody waits for (%.1f s so far) is still running: exiting without it", running_s
+            )
+    if server.failed or stopped_loading or running_s is not None:
         # The interpreter joins worker threads at exit: a hung forward pass would hold it forever, and a
         # model load abandoned by a stop for as long as the load takes.
         logging.shutdown()
-        os._exit(failure_status(app) if server.failed else 0)
-    return 0 if server.stopped_by is None else 128 + server.stopped_by  # as a shell reports a kill
+        os._exit(failure_status(app) if server.failed else status)
+    return status
 
 
-def _engine_still_busy(app: FastAPI, grace_s: float) -> bool:
-    """Whether a forward thread is still inside the engine `grace_s` after the stop. A pass nobody awaits
-    any more (its requests had their 504s) cannot be stopped, and the interpreter joins the thread at exit:
-    a hung one would hold the process forever, past every supervisor's patience but its SIGKILL."""
+def _engine_running_s(app: FastAPI, grace_s: float) -> float | None:
+    """How long a forward pass still inside the engine `grace_s` after the stop has run (None: none is).
+    A pass nobody awaits any more (its requests had their 504s) cannot be stopped, and the interpreter
+    joins its thread at exit: a hung one would hold the process forever, past every supervisor's patience
+    but its SIGKILL."""
     deadline = time.monotonic() + grace_s
-    while any(batcher.engine_busy for batcher in app.state.batchers):
-        if time.monotonic() > deadline:
-            return True
+    while True:
+        running = [batcher.engine_running_s() for batcher in app.state.batchers]
+        longest = max((s for s in running if s is not None), default=None)
+        if longest is None or time.monotonic() > deadline:
+            return longest
         time.sleep(0.05)
-    return False
 
 
 def failure_status(app: FastAPI) -> int:

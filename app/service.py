@@ -15,7 +15,7 @@ import torch
 from app.aggregate import Aggregation, activate, aggregate, contributions
 from app.batcher import Batcher
 from app.char_budget import CharacterBudget
-from app.errors import BadRequest, DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge
+from app.errors import BadRequest, DeadlineExceeded, Draining, InvalidInput, Overloaded, PayloadTooLarge
 from app.metrics import Metrics
 from app.model import Engine
 from app.schemas import (
@@ -168,6 +168,10 @@ class ClassifierService:
                 ) from None
 
     def _check_queue_room(self) -> None:
+        """Also the admission hook after a wait for the character budget: a stop meanwhile (an operator's
+        second signal) answers 503 before tokenizing for nothing."""
+        if self.batcher.closed:
+            raise Draining("the service was stopped before this request finished; retry")
         if self.batcher.pending >= self.batcher.max_queue_chunks:
             raise Overloaded(
                 f"queue full: {self.batcher.pending} chunks pending, max_queue_chunks {self.batcher.max_queue_chunks}",

@@ -205,9 +205,12 @@ def service_url(url: str) -> str:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"the service URL {url!r} is not a URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"the service URL must start with http:// or https:// and name a host, got {url!r}")
+        raise ValueError(f"the service URL is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host or parsed.query or parsed.fragment:
+        shown = str(parsed.copy_with(password="***")) if parsed.password else url  # error lines end up in logs
+        raise ValueError(
+            f"the service URL must be http:// or https://, a host, and at most a port and a path; got {shown!r}"
+        )
     return url.rstrip("/")
 
 

@@ -75,6 +75,9 @@ def load_examples(path: Path) -> list[Example]:
                     raise DataError(f"{where}: not valid JSON ({exc.msg}){hint}") from exc
                 if not isinstance(record, dict):
                     raise DataError(f"{where}: expected a JSON object with 'text' and 'label'")
+                missing = [name for name in ("text", "label") if name not in record]
+                if missing:  # other names (content, category): say which, not "got NoneType"
+                    raise DataError(f"{where}: no field(s) {missing}; the object has {sorted(record)[:10]}")
                 examples.append(_check(record.get("text"), record.get("label"), where))
     if not examples:
         raise DataError(f"{path}: no examples")

@@ -367,15 +367,22 @@ def _previous_records(options: PipelineOptions, name: str) -> list[dict[str, Any
     return [r for r in read_records(path) if "index" in r] if options.resume and path.is_file() else []
 
 
-def _complete_folds(records: Sequence[dict[str, Any]], fold_sizes: dict[int, int], strides: Sequence[int]) -> set[int]:
-    """The folds whose out-of-fold records cover every held-out document at every stride asked for.
+def _complete_folds(
+    records: Sequence[dict[str, Any]], fold_members: dict[int, set[int]], strides: Sequence[int]
+) -> set[int]:
+    """The folds whose out-of-fold records hold exactly the fold's documents (by index) at every stride
+    asked for: a fold dealt differently before (copies of a text now kept together) is trained again.
 
     A kept fold keeps whatever int8 records it has: its model is gone, so int8 cannot be added later.
     """
     return {
         fold
-        for fold, size in fold_sizes.items()
-        if sum(1 for r in records if r["fold"] == fold and r["stride"] in strides) == size * len(strides)
+        for fold, members in fold_members.items()
+        if all(
+            {r.get("index") for r in records if r["fold"] == fold and r["stride"] == stride} == members
+            and sum(1 for r in records if r["fold"] == fold and r["stride"] == stride) == len(members)
+            for stride in strides
+        )
     }
 
 
@@ -438,7 +445,8 @@ def _cross_validate(
     strides = sorted(set(options.eval_strides) | {config.stride})
     folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed, duplicate_groups(examples))
     previous = _previous_records(options, CV_PREDICTIONS_FILE)
-    kept = _complete_folds(previous, {f: folds.count(f) for f in range(options.k_fold)}, strides)
+    members = {f: {i for i, fold in enumerate(folds) if fold == f} for f in range(options.k_fold)}
+    kept = _complete_folds(previous, members, strides)
     previous_int8 = _previous_records(options, CV_INT8_PREDICTIONS_FILE) if options.eval_int8 else []
     records = [r for r in previous if r["fold"] in kept and r["stride"] in strides]
     int8_records = [r for r in previous_int8 if r["fold"] in kept and r["stride"] in strides]

@@ -562,9 +562,10 @@ def train_model(
                     f"{step_start + 1}-{step_start + len(batch)} of the shuffled order); lower --lr, or check "
                     "the base checkpoint's weights"
                 )
-            # Each micro-batch weighs by its share of the documents in its optimizer step: a full step is the
-            # mean over docs_per_step x grad_accumulation documents, and so is an epoch's shorter last one
-            # (dividing by grad_accumulation there scaled its gradient down).
+            # Each micro-batch weighs by its share of the documents in its optimizer step, so an epoch's shorter
+            # last step is a mean like the others (dividing by grad_accumulation scaled its gradient down).
+            # Exact for the document-level loss without class weights; the chunk loss and class weights
+            # average over chunks or weights within a micro-batch, so there it is close, not exact.
             group_start = step_start - step_start % (micro * config.grad_accumulation)
             group_docs = min(micro * config.grad_accumulation, len(order) - group_start)
             (loss * (len(batch) / group_docs)).backward()  # type: ignore[no-untyped-call]

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.errors import REJECTION_STATUSES, LongdocError, Overloaded
+from app.errors import REJECTION_STATUSES, Draining, LongdocError, Overloaded
 from app.segmenter import expected_chunk_count
 from app.settings import ConfigurationError
 from tests.conftest import FakeEngine, build_tiny_bert, long_text
@@ -551,6 +551,28 @@ async def test_a_small_request_does_not_wait_for_a_large_texts_tokenization(
     assert service.tokenize_backlog == 0
 
 
+async def test_a_forced_stop_answers_requests_still_tokenizing_or_waiting_to(
+    client_factory: ClientFactory, fake_engine: FakeEngine
+) -> None:
+    """An operator's second signal aborts the batcher: a request being tokenized gets its 503 when the
+    tokenization ends, one waiting for the character budget as soon as it is granted, without tokenizing."""
+    async with client_factory(engine=fake_engine, max_tokenizing_chars=600) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        spy = TokenizerSpy(service)
+        spy.gate.clear()
+        tokenizing = asyncio.create_task(client.post("/classify", json={"text": "good " * 100}))
+        await until(lambda: spy.running == 1)
+        waiting = asyncio.create_task(client.post("/classify", json={"text": "bad " * 125}))
+        await until(lambda: service.tokenizing.waiting == 1)
+        service.batcher.abort(Draining("the service was stopped before this request finished; retry"))
+        spy.gate.set()
+        answers = await asyncio.gather(tokenizing, waiting)
+    assert_error(answers[0], 503, "draining", "accepts no new work")
+    assert_error(answers[1], 503, "draining", "stopped before this request finished")
+    assert answers[0].headers["retry-after"] == answers[1].headers["retry-after"] == "1"
+    assert spy.calls == 1  # the waiting one never tokenized
+
+
 async def until(condition: Callable[[], bool]) -> None:
     for _ in range(500):
         if condition():
@@ -848,6 +870,7 @@ async def test_access_log_levels_keep_probes_quiet_and_overloads_visible(
         app = client.app  # type: ignore[attr-defined]
         app.state.service.draining = app.state.in_flight.draining = True  # what SIGTERM does
         await client.post("/classify", json={"text": "refused"})
+        await client.get("/health")  # 503 while draining: the probe doing its job
     levels = {
         (r.access["path"], r.access["status"]): r.levelname  # type: ignore[attr-defined]
         for r in caplog.records
@@ -856,3 +879,4 @@ async def test_access_log_levels_keep_probes_quiet_and_overloads_visible(
     assert levels[("/health", 200)] == levels[("/metrics", 200)] == "DEBUG"
     assert levels[("/classify", 200)] == levels[("/classify", 413)] == "INFO"
     assert levels[("/classify", 503)] == "WARNING"
+    assert levels[("/health", 503)] == "INFO"

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.schemas import ClassifyRequest
-from app.server import DrainingServer, _engine_still_busy, failure_status
+from app.server import DrainingServer, _engine_running_s, failure_status
 from app.service import RequestStats
 from app.settings import Settings
 from tests.conftest import FakeEngine
@@ -441,8 +441,8 @@ async def test_a_pass_that_hangs_during_the_drain_does_not_hold_the_exit(
         server.handle_exit(signal.SIGTERM, None)
         assert (await stuck).status_code == 504
         await asyncio.wait_for(serving, 3)  # before: the lifespan waited for the pass (drain_timeout_s)
-    assert _engine_still_busy(app, 0.1)
-    assert not _engine_still_busy(app, 10)  # once the pass ends the thread is free
+    assert _engine_running_s(app, 0.1) is not None
+    assert _engine_running_s(app, 10) is None  # once the pass ends the thread is free
 
 
 async def test_requests_arriving_during_the_drain_do_not_hold_it_open(

@@ -251,24 +251,51 @@ async def test_short_request_is_not_stuck_behind_long_ones() -> None:
     await batcher.stop()
 
 
-async def test_short_requests_share_every_pass_with_an_aged_long_one() -> None:
-    """Once aging puts a long request first, short ones arriving meanwhile still get half of each pass
-    instead of waiting for all of its chunks, and the long one keeps the other half (no starvation)."""
+async def test_short_requests_and_an_aged_long_one_take_turns() -> None:
+    """Once aging puts a long request first, short ones arriving meanwhile ride in the next pass instead of
+    waiting for all of its chunks, and it still leads every other pass."""
     forward = Recorder()
     forward.gate.clear()
     batcher = make(forward, max_batch_size=4, max_wait_ms=0, max_queue_chunks=1000, aging_s=0.01)
     batcher.start()
-    blocker = batcher.submit([[0]])
+    blocker = batcher.submit([[0]])  # pass 1, in the aged order
     await asyncio.sleep(0.05)
     long = batcher.submit([[1000 + i] for i in range(20)])
     await asyncio.sleep(0.2)  # twenty agings: the long request now outranks any fresh one
     shorts = [batcher.submit([[7 + i]]) for i in range(3)]
     forward.gate.set()
     await asyncio.gather(blocker.results(), long.results(), *(t.results() for t in shorts))
-    short_calls = [next(i for i, call in enumerate(forward.calls) if [7 + n] in call) for n in range(3)]
-    assert short_calls == [1, 1, 2]  # two fit in half of the first pass, the third in the next
-    long_per_call = [sum(c[0] >= 1000 for c in call) for call in forward.calls[1:]]
-    assert long_per_call[:2] == [2, 3] and sum(long_per_call) == 20
+    assert forward.calls[1] == [[7], [8], [9], [1000]]  # fewest chunks left first; the long one fills the rest
+    long_per_call = [sum(c[0] >= 1000 for c in call) for call in forward.calls[2:]]
+    assert long_per_call == [4] * 4 + [3]  # then it has every pass to itself
+    await batcher.stop()
+
+
+async def test_an_aged_wide_request_is_not_starved_by_narrow_short_ones() -> None:
+    """Short requests of narrow windows keep arriving: under the padding cap an aged request's wide window
+    cannot join a pass they lead, so it needs passes of its own (sharing each pass half and half never gave
+    it one while they kept coming)."""
+    forward = Recorder()
+    forward.gate.clear()
+    batcher = make(
+        forward,
+        max_batch_size=4,
+        max_batch_tokens=40,
+        max_padding_ratio=0.1,
+        max_wait_ms=0,
+        aging_s=0.01,
+        max_queue_chunks=1000,
+    )
+    batcher.start()
+    blocker = batcher.submit([[0]])
+    await asyncio.sleep(0.05)
+    wide = batcher.submit([[5] * 10 for _ in range(8)])
+    await asyncio.sleep(0.2)
+    narrow = [batcher.submit([[3] * 3]) for _ in range(16)]  # enough to lead four passes
+    forward.gate.set()
+    await asyncio.gather(blocker.results(), wide.results(), *(t.results() for t in narrow))
+    first_wide = next(i for i, call in enumerate(forward.calls) if [5] * 10 in call)
+    assert first_wide <= 2  # one narrow pass, then the aged request's turn (before: after all 16 narrow ones)
     await batcher.stop()
 
 

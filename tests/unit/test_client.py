@@ -329,10 +329,13 @@ def test_a_url_without_a_scheme_is_a_usage_error(
     with pytest.raises(SystemExit) as usage:
         cli_main(["classify", "--url", "localhost:8000", str(text)])
     assert usage.value.code == 2
-    assert "must start with http:// or https://" in capsys.readouterr().err
+    assert "must be http:// or https://" in capsys.readouterr().err
     monkeypatch.setenv("LONGDOC_URL", "127.0.0.1:8000")
     assert cli_main(["classify", "--no-progress", str(text)]) == 2
-    assert "$LONGDOC_URL: the service URL must start with http:// or https://" in capsys.readouterr().err
+    assert "$LONGDOC_URL: the service URL must be http:// or https://" in capsys.readouterr().err
     with pytest.raises(ValueError, match="got 'localhost:8000'"):
         Client("localhost:8000")
+    with pytest.raises(ValueError) as query:
+        Client("http://me:secret@longdoc.example/?x=1")
+    assert "secret" not in str(query.value) and "***" in str(query.value)
     assert Client("https://longdoc.example/api/").base_url == "https://longdoc.example/api"

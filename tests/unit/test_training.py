@@ -252,7 +252,12 @@ def test_eval_cli_numbers_match_scikit_learn(tmp_path: Path, capsys: pytest.Capt
     ("name", "content", "message"),
     [
         ("bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": "broken"\n', "bad.jsonl:2: not valid JSON"),
-        ("nolabel.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n', "nolabel.jsonl:3: 'label'"),
+        ("nolabel.jsonl", '{"text": "ok", "label": "a"}\n\n{"text": "x"}\n', "nolabel.jsonl:3: no field(s) ['label']"),
+        (
+            "keys.jsonl",
+            '{"content": "x", "category": "a"}\n',
+            "keys.jsonl:1: no field(s) ['text', 'label']; the object has ['category', 'content']",
+        ),
         ("empty.jsonl", '{"text": "  ", "label": "a"}\n', "empty.jsonl:1: 'text' is empty or whitespace only"),
         ("number.jsonl", '{"text": 7, "label": "a"}\n', "number.jsonl:1: 'text' must be a string, got int"),
         ("array.jsonl", "[1, 2]\n", "array.jsonl:1: expected a JSON object"),
@@ -630,6 +635,17 @@ def test_cross_validation_writes_out_of_fold_records_that_eval_reproduces(
     assert cli_main(resumed) == 0
     redone = (output / "cv_predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(redone) == len(legacy) and all("index" in json.loads(line) for line in redone)
+
+    # Folds dealt otherwise before (same sizes, other documents: copies of a text now kept together) are redone.
+    fold_of = {(r["index"], r["stride"]): r["fold"] for r in map(json.loads, redone)}
+    swapped = [json.loads(line) for line in redone]
+    first = next(r for r in swapped if r["fold"] == 0)
+    second = next(r for r in swapped if r["fold"] == 1 and r["stride"] == first["stride"])
+    first["index"], second["index"] = second["index"], first["index"]
+    (output / "cv_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in swapped), encoding="utf-8")
+    assert cli_main(resumed) == 0
+    fixed = [json.loads(line) for line in (output / "cv_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["index"], r["stride"]): r["fold"] for r in fixed} == fold_of
 
     # A new final fit into the same directory replaces the model whole: the old folds described the old one.
     assert cli_main([*args[:8], "--max-length", "32", "--stride", "4", "--epochs", "1", "--docs-per-step", "4"]) == 0
