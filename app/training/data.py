@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Any file not named .csv is read as JSON lines; a JSON error in one not named as such says so (a .tsv or
 # .txt file is more likely another format than broken JSON).
@@ -123,7 +126,26 @@ def _csv_examples(path: Path, content: str) -> list[Example]:
         raise DataError(f"{where}: malformed CSV ({exc}; a quote opened or closed in the wrong place?)") from None
     if header is None:
         raise DataError(f"{path}:1: header lacks column(s) ['label', 'text']")
+    _warn_swallowed_rows(examples)
     return examples
+
+
+def _warn_swallowed_rows(examples: list[Example]) -> None:
+    """A quote opened in the wrong place and closed by chance just before a delimiter rows later parses
+    cleanly: the rows between become one text and their labels are lost. Such a text holds a line that ends
+    like a row of its own (`...,<a label of this file>`); a text may legitimately, so this warns."""
+    labels = {e.label for e in examples}
+    for e in examples:
+        for line in e.text.split("\n")[:-1]:
+            _, comma, tail = line.rpartition(",")
+            if comma and tail.strip() in labels:
+                log.warning(
+                    "%s: this text holds a line that reads like a row of its own (%r): a quote opened in the "
+                    "wrong place would merge rows like this",
+                    e.source,
+                    line[-60:],
+                )
+                break
 
 
 def _lines(path: Path, first: int, last: int) -> str:

@@ -540,6 +540,21 @@ def test_labels_in_either_unicode_form_are_one_class(tmp_path: Path) -> None:
     assert {e.label for e in load_examples(path)} == {composed}
 
 
+def test_rows_a_stray_quote_merged_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The one misplaced quote strict CSV cannot see: it closes right before a delimiter rows later."""
+    path = tmp_path / "swallow.csv"
+    path.write_text(
+        'text,label\n"first article about the goal,sports\nsecond article about the vote",politics\n'
+        "third article,sports\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.WARNING, logger="app.training.data"):
+        examples = load_examples(path)
+    assert len(examples) == 2
+    assert "swallow.csv:2-3: this text holds a line that reads like a row of its own" in caplog.text
+    assert "goal,sports" in caplog.text
+
+
 def test_a_compressed_or_other_format_file_is_named_for_what_it_is(tmp_path: Path) -> None:
     gz = tmp_path / "train.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"text": "a", "label": "b"}\n'))
