@@ -90,6 +90,11 @@ def stratified_folds(labels: Sequence[str], k: int, seed: int, groups: Sequence[
     return folds if groups is None else [folds[group] for group in groups]
 
 
+def example_folds(examples: Sequence[Example], k: int, seed: int) -> list[int]:
+    """The folds cross-validation deals `examples` into: stratified by label, copies of a text together."""
+    return stratified_folds([e.label for e in examples], k, seed, duplicate_groups(examples))
+
+
 def duplicate_groups(examples: Sequence[Example]) -> list[int]:
     """Per example, the index of the first example with the same text (whitespace runs read as one space)."""
     first: dict[str, int] = {}
@@ -278,7 +283,7 @@ def _check_validation_splits(options: PipelineOptions, examples: Sequence[Exampl
     labels = [e.label for e in examples]
     fits = {"the final fit": labels}
     if options.k_fold > 1:
-        folds = stratified_folds(labels, options.k_fold, options.config.seed, duplicate_groups(examples))
+        folds = example_folds(examples, options.k_fold, options.config.seed)
         for fold in range(options.k_fold):
             fits[f"fold {fold + 1}"] = [label for label, f in zip(labels, folds, strict=True) if f != fold]
     for name, fit_labels in fits.items():
@@ -379,8 +384,8 @@ def _complete_folds(
         fold
         for fold, members in fold_members.items()
         if all(
-            {r.get("index") for r in records if r["fold"] == fold and r["stride"] == stride} == members
-            and sum(1 for r in records if r["fold"] == fold and r["stride"] == stride) == len(members)
+            sorted(r.get("index", -1) for r in records if r["fold"] == fold and r["stride"] == stride)
+            == sorted(members)
             for stride in strides
         )
     }
@@ -443,7 +448,7 @@ def _cross_validate(
     `docs` are `examples` encoded with the recipe's window: each fold trains on its share of them."""
     config = options.config
     strides = sorted(set(options.eval_strides) | {config.stride})
-    folds = stratified_folds([e.label for e in examples], options.k_fold, config.seed, duplicate_groups(examples))
+    folds = example_folds(examples, options.k_fold, config.seed)
     previous = _previous_records(options, CV_PREDICTIONS_FILE)
     members = {f: {i for i, fold in enumerate(folds) if fold == f} for f in range(options.k_fold)}
     kept = _complete_folds(previous, members, strides)
